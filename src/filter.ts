@@ -1,0 +1,118 @@
+/**
+ * The ExOTA filter: collects what a message says about its sender, and at
+ * end of message turns the decision into milter replies.
+ *
+ * Pure: the policy lookup and the log are passed in.
+ * @module
+ */
+import { HeaderCollector } from "./mail/headers.ts";
+import { Action, MacroStage, Proto } from "./milter/protocol.ts";
+import type { ConnectInfo, Filter, Macros } from "./milter/session.ts";
+import type { FilterNeeds } from "./milter/negotiate.ts";
+import type { Reply } from "./milter/types.ts";
+import { type DecisionConfig, replyText, runDecision, type Trace, type Verdict } from "./policy/decide.ts";
+import type { PolicyLookup } from "./policy/types.ts";
+
+export interface FilterConfig extends DecisionConfig {
+  readonly rejectMessage: string;
+  readonly tempfailMessage: string;
+}
+
+/** One decision, as logged. */
+export interface DecisionRecord {
+  readonly queueId: string;
+  readonly client: string | undefined;
+  readonly verdict: Verdict;
+}
+
+export interface FilterHooks {
+  decided(record: DecisionRecord): void;
+  /** A bug or a failing backend: the message was tempfailed. */
+  failed(queueId: string, error: unknown): void;
+  /** Present only when step-by-step lines are wanted (debug). */
+  readonly trace?: (queueId: string, line: string) => void;
+}
+
+/** Steps this filter never needs; where the MTA can, it skips them or expects no reply. */
+const PROTOCOL_WISHES = Proto.NORCPT | Proto.NOBODY | Proto.NOEOH | Proto.NOUNKNOWN | Proto.NODATA |
+  Proto.NR_CONN | Proto.NR_HELO | Proto.NR_MAIL | Proto.NR_RCPT | Proto.NR_DATA | Proto.NR_HDR |
+  Proto.NR_EOH | Proto.NR_BODY | Proto.NR_UNKN;
+
+/** What to negotiate for a configuration. */
+export function filterNeeds(config: FilterConfig): FilterNeeds {
+  return {
+    actions: Action.CHGHDRS | (config.addHeader ? Action.ADDHDRS : 0),
+    protocol: PROTOCOL_WISHES,
+    macros: new Map([
+      [MacroStage.HELO, ["{cert_subject}", "{cert_issuer}"]],
+      [MacroStage.ENVFROM, ["i"]],
+      [MacroStage.EOM, ["i"]],
+    ]),
+  };
+}
+
+export function verdictReplies(verdict: Verdict, queueId: string, config: FilterConfig): Reply[] {
+  switch (verdict.action) {
+    case "continue": {
+      const out: Reply[] = verdict.changes.map((c): Reply =>
+        c.kind === "delete"
+          ? { type: "chgheader", index: c.index, name: c.name, value: "" }
+          : { type: "addheader", name: c.name, value: c.value }
+      );
+      out.push({ type: "continue" });
+      return out;
+    }
+    case "reject":
+      return [{ type: "replycode", code: 550, text: `5.7.1 ${replyText(queueId, config.rejectMessage, verdict.reason)}` }];
+    case "tempfail":
+      return [{ type: "replycode", code: 450, text: `4.7.1 ${replyText(queueId, config.tempfailMessage, verdict.reason)}` }];
+  }
+}
+
+export class ExotaFilter implements Filter {
+  readonly needs: FilterNeeds;
+  #client: string | undefined;
+  #headers = new HeaderCollector();
+
+  /** `lookup` is read at each end of message, so a reload takes effect for the next message. */
+  constructor(
+    readonly config: FilterConfig,
+    readonly lookup: () => PolicyLookup,
+    readonly hooks: FilterHooks,
+  ) {
+    this.needs = filterNeeds(config);
+  }
+
+  connect(info: ConnectInfo): void {
+    this.#client = info.address;
+  }
+
+  header(name: string, value: string): void {
+    this.#headers.add(name, value);
+  }
+
+  resetMessage(): void {
+    if (this.#headers.count > 0) this.#headers = new HeaderCollector();
+  }
+
+  endOfMessage(macros: Macros): Reply[] | Promise<Reply[]> {
+    const queueId = macros.get("i") || "NOQUEUE";
+    const traceHook = this.hooks.trace;
+    const trace: Trace | undefined = traceHook && ((line) => traceHook(queueId, line));
+    const facts = { clientAddress: this.#client, certSubject: macros.get("cert_subject"), headers: this.#headers };
+    const finish = (verdict: Verdict): Reply[] => {
+      this.hooks.decided({ queueId, client: this.#client, verdict });
+      return verdictReplies(verdict, queueId, this.config);
+    };
+    const failed = (e: unknown): Reply[] => {
+      this.hooks.failed(queueId, e);
+      return finish({ action: "tempfail", reason: "Internal error", fromDomain: undefined });
+    };
+    try {
+      const v = runDecision(facts, this.config, this.lookup(), trace);
+      return v instanceof Promise ? v.then(finish, failed) : finish(v);
+    } catch (e) {
+      return failed(e);
+    }
+  }
+}

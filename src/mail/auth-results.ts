@@ -1,0 +1,158 @@
+/**
+ * RFC 8601 Authentication-Results parsing: the authserv-id and each result
+ * with its properties. Comments are removed before anything is read, so an
+ * authserv-id or a result that appears only inside a comment counts for
+ * nothing.
+ *
+ * Pure: no I/O.
+ * @module
+ */
+import { normalizeDomain } from "./address.ts";
+
+export interface AuthResult {
+  /** Method, lower-case, without version (`dkim`). */
+  readonly method: string;
+  /** Result, lower-case (`pass`). */
+  readonly result: string;
+  /** Properties by lower-case `ptype.property` (`header.d`), values as written. */
+  readonly props: ReadonlyMap<string, string>;
+}
+
+export interface AuthResults {
+  /** Lower-case authserv-id. */
+  readonly authservId: string;
+  readonly results: readonly AuthResult[];
+}
+
+/**
+ * Replaces comments by a space, keeping quoted strings intact; undefined when
+ * a comment or quoted string is not closed.
+ */
+function stripComments(s: string): string | undefined {
+  let out = "";
+  let depth = 0;
+  let quoted = false;
+  for (let i = 0; i < s.length; i++) {
+    const ch = s[i]!;
+    if (ch === "\\" && (quoted || depth > 0)) {
+      if (depth === 0) out += ch + (s[i + 1] ?? "");
+      i++;
+    } else if (depth > 0) {
+      if (ch === "(") depth++;
+      else if (ch === ")" && --depth === 0) out += " ";
+    } else if (quoted) {
+      out += ch;
+      if (ch === "\"") quoted = false;
+    } else if (ch === "(") {
+      depth = 1;
+    } else if (ch === ")") {
+      return undefined;
+    } else {
+      out += ch;
+      if (ch === "\"") quoted = true;
+    }
+  }
+  return depth === 0 && !quoted ? out : undefined;
+}
+
+/**
+ * Tokens of a comment-free string: quoted strings, `;`, `=`, `/` and words.
+ * A word right after `=` is a value and runs to the next space or `;`, so
+ * unquoted base64 such as `header.b=ab/c+d=` stays whole.
+ */
+function tokenize(s: string): string[] {
+  const out: string[] = [];
+  let i = 0;
+  while (i < s.length) {
+    const ch = s[i]!;
+    if (ch === " " || ch === "\t" || ch === "\r" || ch === "\n") {
+      i++;
+    } else if (ch === ";" || ((ch === "=" || ch === "/") && out[out.length - 1] !== "=")) {
+      out.push(ch);
+      i++;
+    } else if (ch === "\"") {
+      let text = "\"";
+      for (i++; i < s.length && s[i] !== "\""; i++) {
+        if (s[i] === "\\") i++;
+        if (i < s.length) text += s[i];
+      }
+      i++;
+      out.push(text);
+    } else {
+      const stops = out[out.length - 1] === "=" ? " \t\r\n;" : " \t\r\n;=/\"";
+      const start = i;
+      while (i < s.length && !stops.includes(s[i]!)) i++;
+      out.push(s.slice(start, i));
+    }
+  }
+  return out;
+}
+
+const isValue = (t: string | undefined): t is string => t !== undefined && t !== ";" && t !== "=" && t !== "/";
+const unquote = (t: string) => (t.startsWith("\"") ? t.slice(1) : t);
+
+/** Parses one resinfo (`method[/v]=result [reason=..] [ptype.prop=value ...]`). */
+function parseResinfo(tokens: readonly string[]): AuthResult | undefined {
+  let i = 0;
+  const method = tokens[i++];
+  if (!isValue(method) || method.startsWith("\"")) return undefined;
+  if (tokens[i] === "/") {
+    if (!isValue(tokens[i + 1])) return undefined;
+    i += 2;
+  }
+  if (tokens[i++] !== "=") return undefined;
+  const result = tokens[i++];
+  if (!isValue(result) || result.startsWith("\"")) return undefined;
+  const props = new Map<string, string>();
+  while (i < tokens.length) {
+    const key = tokens[i];
+    if (!isValue(key) || tokens[i + 1] !== "=" || !isValue(tokens[i + 2])) return undefined;
+    const value = unquote(tokens[i + 2]!);
+    const k = key.toLowerCase();
+    if (k !== "reason" && !/^[a-z0-9-]+\.[^.]+/.test(k)) return undefined;
+    if (!props.has(k)) props.set(k, value);
+    i += 3;
+  }
+  return { method: method.toLowerCase(), result: result.toLowerCase(), props };
+}
+
+/** Parses an Authentication-Results field body; undefined when malformed. */
+export function parseAuthResults(fieldBody: string): AuthResults | undefined {
+  const clean = stripComments(fieldBody);
+  if (clean === undefined) return undefined;
+  const tokens = tokenize(clean);
+  const id = tokens[0];
+  if (!isValue(id)) return undefined;
+  let i = 1;
+  if (isValue(tokens[i]) && /^\d+$/.test(tokens[i]!)) i++; // authres-version
+  const results: AuthResult[] = [];
+  // Each resinfo starts at a ';'.
+  while (i < tokens.length) {
+    if (tokens[i] !== ";") return undefined;
+    let end = i + 1;
+    while (end < tokens.length && tokens[end] !== ";") end++;
+    const part = tokens.slice(i + 1, end);
+    if (part.length === 1 && part[0]!.toLowerCase() === "none") {
+      if (results.length > 0 || end !== tokens.length) return undefined;
+    } else if (part.length > 0) {
+      const r = parseResinfo(part);
+      if (r === undefined) return undefined;
+      results.push(r);
+    }
+    i = end;
+  }
+  return { authservId: unquote(id).toLowerCase(), results };
+}
+
+/**
+ * The signing domain of a DKIM result: `header.d`, or the domain of
+ * `header.i` only when `header.d` is absent; normalized like From domains.
+ */
+export function dkimDomain(r: AuthResult): string | undefined {
+  const d = r.props.get("header.d");
+  if (d !== undefined) return normalizeDomain(d);
+  const i = r.props.get("header.i");
+  if (i === undefined) return undefined;
+  const at = i.lastIndexOf("@");
+  return normalizeDomain(at >= 0 ? i.slice(at + 1) : i);
+}

@@ -1,0 +1,46 @@
+/**
+ * The JSON policy file: one object mapping sender domains to policies.
+ * Parsing is pure; reading the file is the caller's job.
+ * @module
+ */
+import { normalizeDomain } from "../mail/address.ts";
+import { readEntries } from "./json-entries.ts";
+import { validateEntry } from "./schema.ts";
+import type { Policy, PolicyResult } from "./types.ts";
+
+/** Policies by lower-case, A-label domain. */
+export type PolicyMap = ReadonlyMap<string, Policy>;
+
+export type PolicyFileResult =
+  | { readonly ok: true; readonly policies: PolicyMap }
+  /** `error` starts with `file:line:`, like a compiler's. */
+  | { readonly ok: false; readonly error: string };
+
+/** Parses and validates a whole policy file; the first problem is the error. */
+export function parsePolicyFile(text: string, fileName: string): PolicyFileResult {
+  const read = readEntries(text, (k) => normalizeDomain(k) ?? k.toLowerCase());
+  if (!read.ok) return { ok: false, error: `${fileName}:${read.line}:${read.column}: ${read.message}` };
+  const policies = new Map<string, Policy>();
+  for (const entry of read.entries) {
+    const domain = normalizeDomain(entry.key);
+    if (domain === undefined || !domain.includes(".")) {
+      return { ok: false, error: `${fileName}:${entry.line}: "${entry.key}" is not a domain name` };
+    }
+    const r = validateEntry(entry.value);
+    if (!r.ok) {
+      const line = (r.key !== undefined ? entry.keyLines.get(r.key) : undefined) ?? entry.line;
+      const where = r.key !== undefined ? `domain "${entry.key}", key "${r.key}"` : `domain "${entry.key}"`;
+      return { ok: false, error: `${fileName}:${line}: ${where}: ${r.reason}` };
+    }
+    policies.set(domain, r.policy);
+  }
+  return { ok: true, policies };
+}
+
+/** A lookup over a policy map; a map answers at once, never with an error. */
+export function mapLookup(policies: PolicyMap): (domain: string) => PolicyResult {
+  return (domain) => {
+    const policy = policies.get(domain);
+    return policy === undefined ? { kind: "not_found" } : { kind: "found", policy };
+  };
+}

@@ -1,0 +1,101 @@
+/**
+ * One milter connection: bytes from the socket -> frames -> session ->
+ * replies back, one write per batch of replies. Commands are handled strictly
+ * in order; while an end of message waits for the policy backend, further
+ * bytes stay buffered in the frame reader.
+ * @module
+ */
+import type { Socket } from "node:net";
+import type { Logger } from "@logtape/logtape";
+import { decodeCommand, encodeReplies, FrameReader } from "../milter/codec.ts";
+import { type Filter, MilterSession, type SessionOutput } from "../milter/session.ts";
+import type { Reply } from "../milter/types.ts";
+
+export interface ConnectionOptions {
+  readonly connId: string;
+  readonly filter: Filter;
+  readonly maxFrame: number;
+  readonly log: Logger;
+  readonly onClose?: () => void;
+}
+
+export function serveConnection(socket: Socket, opts: ConnectionOptions): void {
+  const { log } = opts;
+  const reader = new FrameReader(opts.maxFrame);
+  const session = new MilterSession(opts.filter);
+  let busy = false;
+  let closed = false;
+  let pending: Reply[] = [];
+
+  const flush = () => {
+    if (pending.length === 0 || closed) return;
+    const bytes = encodeReplies(pending);
+    pending = [];
+    // Back-pressure: stop reading until the MTA has taken our replies.
+    if (!socket.write(bytes)) {
+      socket.pause();
+      socket.once("drain", () => socket.resume());
+    }
+  };
+
+  const close = (error: boolean, reason: string) => {
+    if (closed) return;
+    flush();
+    closed = true;
+    if (error) {
+      log.warn("closing connection: {reason}", { conn: opts.connId, reason });
+      socket.destroy();
+    } else {
+      log.debug("connection closed: {reason}", { conn: opts.connId, reason });
+      socket.end();
+    }
+  };
+
+  const apply = (out: SessionOutput) => {
+    for (const r of out.replies) pending.push(r);
+    if (out.close !== undefined) close(out.close.error, out.close.reason);
+  };
+
+  const process = () => {
+    while (!busy && !closed) {
+      const frame = reader.next();
+      if (frame === undefined) break;
+      if (!frame.ok) return close(true, `malformed frame: ${frame.error}`);
+      const cmd = decodeCommand(frame.value.code, frame.value.payload);
+      if (!cmd.ok) return close(true, `malformed command: ${cmd.error}`);
+      let out: SessionOutput | Promise<SessionOutput>;
+      try {
+        out = session.handle(cmd.value);
+      } catch (e) {
+        log.error("bug while handling {command}: {error}", { conn: opts.connId, command: cmd.value.type, error: e });
+        return close(true, "internal error");
+      }
+      if (out instanceof Promise) {
+        busy = true;
+        flush();
+        out.then((o) => {
+          busy = false;
+          apply(o);
+          process();
+        }, (e) => {
+          log.error("bug while handling {command}: {error}", { conn: opts.connId, command: cmd.value.type, error: e });
+          close(true, "internal error");
+        });
+        return;
+      }
+      apply(out);
+    }
+    flush();
+  };
+
+  socket.on("data", (chunk: Uint8Array) => {
+    if (closed) return;
+    reader.push(chunk);
+    process();
+  });
+  socket.on("error", (e: Error) => log.debug("socket error: {error}", { conn: opts.connId, error: e.message }));
+  socket.on("close", () => {
+    closed = true;
+    opts.onClose?.();
+  });
+}
