@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite talks to (real peers, not mocks):
+#   miltertest   the milter client from OpenDKIM, driven by Lua scripts
+#   python3      plays systemd for the socket-activation tests
+# Run as root (or with sudo) on Debian 12.
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test-deps.sh: run as root, e.g. sudo $0" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+packages=(miltertest python3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "test-deps.sh: ${packages[*]} installed"

@@ -1,0 +1,131 @@
+/**
+ * Starts the compiled dist/exota-milter for integration tests and stops it
+ * again (by its own PID only).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+export const BINARY = join(ROOT, "dist/exota-milter");
+
+export interface MilterProcess {
+  readonly child: ChildProcess;
+  /** Everything the milter wrote to stderr so far. */
+  log(): string;
+  /** Waits until a log line matches. */
+  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  stop(): Promise<number | null>;
+}
+
+export interface StartOptions {
+  /** Environment variables on top of a clean base (PATH only). */
+  readonly env?: Record<string, string>;
+  readonly args?: readonly string[];
+  /** Command to run instead of the binary itself (e.g. a socket-activation launcher). */
+  readonly command?: readonly string[];
+  /** Log line that means "ready"; default: the listening line. */
+  readonly ready?: RegExp;
+}
+
+/** A fresh temporary directory. */
+export function tempDir(prefix = "exota-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** Writes a policy object to a temporary file and returns its path. */
+export function writePolicy(policy: unknown, dir = tempDir()): string {
+  const path = join(dir, "policy.json");
+  writeFileSync(path, typeof policy === "string" ? policy : JSON.stringify(policy, null, 2));
+  return path;
+}
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+export async function startMilter(opts: StartOptions = {}): Promise<MilterProcess> {
+  const cmd = opts.command ?? [BINARY];
+  const child = spawn(cmd[0]!, [...cmd.slice(1), ...(opts.args ?? [])], {
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...opts.env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  const waiters = new Set<() => void>();
+  const onData = (d: Buffer) => {
+    out += d.toString();
+    for (const w of waiters) w();
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  const exited = new Promise<number | null>((res) => child.once("exit", (code) => res(code)));
+  let done = false;
+  void exited.then(() => {
+    done = true;
+    for (const w of waiters) w();
+  });
+
+  const waitForLog = (pattern: RegExp, timeoutMs = 10_000) =>
+    new Promise<string>((res, rej) => {
+      const check = () => {
+        const m = pattern.exec(out);
+        if (m) {
+          cleanup();
+          res(m[0]);
+        } else if (done) {
+          cleanup();
+          rej(new Error(`milter exited before logging ${pattern}; output:\n${out}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        rej(new Error(`timed out waiting for ${pattern}; output:\n${out}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+      check();
+    });
+
+  const proc: MilterProcess = {
+    child,
+    log: () => out,
+    waitForLog,
+    async stop() {
+      if (!done) child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+  await waitForLog(opts.ready ?? / listening on /);
+  return proc;
+}
+
+/** Runs the binary to completion (for start-up errors, --help, --version). */
+export function runMilter(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
+  return new Promise((res) => {
+    const child = spawn(BINARY, [...args], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      res({ code, output });
+    });
+  });
+}
