@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import * as v from "valibot";
-import { normalizeAddress } from "./policy/decide.ts";
+import { type IpRange, parseRange } from "./policy/ip-allowlist.ts";
 import type { FilterConfig } from "./filter.ts";
 import { parseSocketSpec, type SocketSpec } from "./server/socket-spec.ts";
 
@@ -69,10 +69,29 @@ const socketSchema = v.pipe(
 
 const addressList = v.pipe(
   v.string(),
-  v.transform((s) => s.split(/[\s,]+/).filter((a) => a !== "")),
-  v.array(v.pipe(v.string(), v.ip())),
-  v.transform((list) => list.map(normalizeAddress)),
-);
+  v.rawTransform(({ dataset, addIssue, NEVER }) => {
+    const ranges: IpRange[] = [];
+    for (const item of dataset.value.split(/[\s,]+/).filter((a) => a !== "")) {
+      const r = parseRange(item);
+      if (r === undefined) {
+        addIssue({ message: `"${item}" is no address or range` });
+        return NEVER;
+      }
+      ranges.push(r);
+    }
+    return ranges;
+  }),
+) as v.GenericSchema<string, IpRange[]>;
+
+const count = (env: string, flag: string, def: string, help: string, min = 1) =>
+  setting(
+    env,
+    flag,
+    def,
+    help,
+    `a whole number from ${min}`,
+    v.pipe(v.string(), v.trim(), v.regex(/^\d{1,10}$/), v.transform(Number), v.minValue(min)),
+  );
 
 export const SETTINGS = {
   name: text("MILTER_NAME", "name", "exota-milter", "instance name, in every log line"),
@@ -120,9 +139,31 @@ export const SETTINGS = {
     "x509-ip-whitelist",
     "127.0.0.1,::1",
     "client addresses that skip the certificate check",
-    "IP addresses separated by commas or spaces",
+    "IPv4/IPv6 addresses or CIDR ranges, separated by commas or spaces",
     addressList,
   ),
+  x509TrustedIssuer: text(
+    "MILTER_X509_TRUSTED_ISSUER",
+    "x509-trusted-issuer",
+    "",
+    "when set, the client certificate's issuer CN ({cert_issuer}) must equal it",
+  ),
+  authResultsAnywhere: bool(
+    "MILTER_TRUSTED_AUTHRES_ANYWHERE",
+    "trusted-authres-anywhere",
+    "count trusted Authentication-Results wherever they stand, not only above the first Received header " +
+      "(only for verifiers that append at the bottom; weaker)",
+  ),
+  maxFrame: count("MILTER_MAX_FRAME_SIZE", "max-frame-size", "1048576", "largest milter frame in bytes", 65536),
+  maxHeaders: count("MILTER_MAX_HEADERS", "max-headers", "1000", "most headers per message; more tempfails it"),
+  maxHeaderBytes: count(
+    "MILTER_MAX_HEADER_BYTES",
+    "max-header-bytes",
+    "262144",
+    "most header bytes per message (Postfix's header_size_limit is 102400); more tempfails it",
+  ),
+  maxConnections: count("MILTER_MAX_CONNECTIONS", "max-connections", "1000", "most milter connections at once; more are closed"),
+  idleTimeout: count("MILTER_IDLE_TIMEOUT", "idle-timeout", "600", "seconds a connection may be silent before it is closed"),
   addHeader: bool("MILTER_ADD_HEADER", "add-header", "add an X-ExOTA-Authentication-Results header to accepted mail"),
   authservId: token("MILTER_AUTHSERVID", "authservid", "authserv-id written into that header (required with add-header)"),
   logLevel: setting(
@@ -153,6 +194,9 @@ export interface Config {
   readonly logLevel: LogLevel;
   readonly policySource: "file";
   readonly policyFile: string;
+  readonly maxFrame: number;
+  readonly maxConnections: number;
+  readonly idleTimeoutMs: number;
   readonly filter: FilterConfig;
 }
 
@@ -211,6 +255,9 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
       logLevel: c.logLevel,
       policySource: c.policySource,
       policyFile: c.policyFile,
+      maxFrame: c.maxFrame,
+      maxConnections: c.maxConnections,
+      idleTimeoutMs: c.idleTimeout * 1000,
       filter: {
         rejectMessage: c.rejectMessage,
         tempfailMessage: c.tmpfailMessage,
@@ -221,6 +268,10 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
         x509Enabled: c.x509Enabled,
         x509TrustedCn: c.x509TrustedCn,
         x509AllowList: c.x509IpWhitelist,
+        x509TrustedIssuer: c.x509TrustedIssuer,
+        authResultsAnywhere: c.authResultsAnywhere,
+        maxHeaders: c.maxHeaders,
+        maxHeaderBytes: c.maxHeaderBytes,
         addHeader: c.addHeader,
         authservId: c.authservId ?? "",
       },

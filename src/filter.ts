@@ -10,12 +10,15 @@ import { Action, MacroStage, Proto } from "./milter/protocol.ts";
 import type { ConnectInfo, Filter, Macros } from "./milter/session.ts";
 import type { FilterNeeds } from "./milter/negotiate.ts";
 import type { Reply } from "./milter/types.ts";
-import { type DecisionConfig, replyText, runDecision, type Trace, type Verdict } from "./policy/decide.ts";
+import { analyze, type DecisionConfig, replyText, resolveDecision, type Trace, type Verdict } from "./policy/decide.ts";
 import type { PolicyLookup } from "./policy/types.ts";
 
 export interface FilterConfig extends DecisionConfig {
   readonly rejectMessage: string;
   readonly tempfailMessage: string;
+  /** Limits per message; beyond them headers are no longer kept and the message is tempfailed. */
+  readonly maxHeaders: number;
+  readonly maxHeaderBytes: number;
 }
 
 /** One decision, as logged. */
@@ -29,6 +32,8 @@ export interface FilterHooks {
   decided(record: DecisionRecord): void;
   /** A bug or a failing backend: the message was tempfailed. */
   failed(queueId: string, error: unknown): void;
+  /** Something a postmaster should see even without debug logs. */
+  warn(queueId: string, message: string): void;
   /** Present only when step-by-step lines are wanted (debug). */
   readonly trace?: (queueId: string, line: string) => void;
 }
@@ -73,6 +78,7 @@ export class ExotaFilter implements Filter {
   readonly needs: FilterNeeds;
   #client: string | undefined;
   #headers = new HeaderCollector();
+  #overflow = false;
 
   /** `lookup` is read at each end of message, so a reload takes effect for the next message. */
   constructor(
@@ -88,18 +94,29 @@ export class ExotaFilter implements Filter {
   }
 
   header(name: string, value: string): void {
-    this.#headers.add(name, value);
+    const h = this.#headers;
+    if (h.count >= this.config.maxHeaders || h.bytes + name.length + value.length > this.config.maxHeaderBytes) {
+      this.#overflow = true;
+      return;
+    }
+    h.add(name, value);
   }
 
   resetMessage(): void {
     if (this.#headers.count > 0) this.#headers = new HeaderCollector();
+    this.#overflow = false;
   }
 
   endOfMessage(macros: Macros): Reply[] | Promise<Reply[]> {
     const queueId = macros.get("i") || "NOQUEUE";
     const traceHook = this.hooks.trace;
     const trace: Trace | undefined = traceHook && ((line) => traceHook(queueId, line));
-    const facts = { clientAddress: this.#client, certSubject: macros.get("cert_subject"), headers: this.#headers };
+    const facts = {
+      clientAddress: this.#client,
+      certSubject: macros.get("cert_subject"),
+      certIssuer: macros.get("cert_issuer"),
+      headers: this.#headers,
+    };
     const finish = (verdict: Verdict): Reply[] => {
       this.hooks.decided({ queueId, client: this.#client, verdict });
       return verdictReplies(verdict, queueId, this.config);
@@ -108,8 +125,16 @@ export class ExotaFilter implements Filter {
       this.hooks.failed(queueId, e);
       return finish({ action: "tempfail", reason: "Internal error", fromDomain: undefined });
     };
+    if (this.#overflow) {
+      this.hooks.warn(queueId, `message header over the limits (${this.config.maxHeaders} headers, ${this.config.maxHeaderBytes} bytes)`);
+      return finish({ action: "tempfail", reason: "Message header too large", fromDomain: undefined });
+    }
     try {
-      const v = runDecision(facts, this.config, this.lookup(), trace);
+      const analysis = analyze(facts, this.config, trace);
+      if (analysis.misplacedAuthResults > 0) {
+        this.hooks.warn(queueId, `ignored ${analysis.misplacedAuthResults} Authentication-Results header(s) of the trusted authserv-id below a Received header (forged by the sender?)`);
+      }
+      const v = resolveDecision(analysis, this.config, this.lookup(), trace);
       return v instanceof Promise ? v.then(finish, failed) : finish(v);
     } catch (e) {
       return failed(e);

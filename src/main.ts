@@ -10,7 +10,6 @@ import pkg from "../package.json" with { type: "json" };
 import { type Config, helpText, loadConfig } from "./config.ts";
 import { type DecisionRecord, ExotaFilter } from "./filter.ts";
 import { logger, setupLogging } from "./log.ts";
-import { DEFAULT_MAX_FRAME } from "./milter/protocol.ts";
 import { mapLookup, parsePolicyFile } from "./policy/policy-file.ts";
 import type { PolicyLookup } from "./policy/types.ts";
 import { serveConnection } from "./server/connection.ts";
@@ -48,15 +47,21 @@ async function run(config: Config): Promise<void> {
   const open = new Set<Socket>();
   const onConnection = (socket: Socket, listener: string) => {
     const conn = (++nextConn).toString();
+    if (open.size >= config.maxConnections) {
+      sessionLog.warn("refusing connection on {listener}: {open} connections open (MILTER_MAX_CONNECTIONS)", { conn, listener, open: open.size });
+      socket.destroy();
+      return;
+    }
     socket.setNoDelay(true);
     open.add(socket);
     if (traceOn) sessionLog.debug("connection accepted on {listener}", { conn, listener });
     const filter = new ExotaFilter(config.filter, () => lookup, {
       decided: (r: DecisionRecord) => logDecision(sessionLog, conn, r),
       failed: (qid, error) => sessionLog.error("decision failed, message tempfailed: {error}", { conn, qid, error }),
+      warn: (qid, message) => sessionLog.warn(message, { conn, qid }),
       trace: traceOn ? (qid, line) => sessionLog.debug(line, { conn, qid }) : undefined,
     });
-    serveConnection(socket, { connId: conn, filter, maxFrame: DEFAULT_MAX_FRAME, log: sessionLog, onClose: () => open.delete(socket) });
+    serveConnection(socket, { connId: conn, filter, maxFrame: config.maxFrame, idleTimeoutMs: config.idleTimeoutMs, log: sessionLog, onClose: () => open.delete(socket) });
   };
 
   const listeners: Listener[] = [];

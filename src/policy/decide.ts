@@ -8,19 +8,29 @@
 import { parseMailbox } from "../mail/address.ts";
 import { dkimDomain, parseAuthResults } from "../mail/auth-results.ts";
 import { EXOTA_HEADER, type MessageHeaders } from "../mail/headers.ts";
+import { commonName } from "./cert-subject.ts";
+import { allowListed, type IpRange } from "./ip-allowlist.ts";
 import type { Policy, PolicyLookup, PolicyResult } from "./types.ts";
 
 export interface DecisionConfig {
   readonly x509Enabled: boolean;
   /** Compared case-insensitively. */
   readonly x509TrustedCn: string;
-  /** Client addresses that skip the certificate check, normalized by {@link normalizeAddress}. */
-  readonly x509AllowList: readonly string[];
+  /** Client addresses and ranges that skip the certificate check. */
+  readonly x509AllowList: readonly IpRange[];
+  /** When not empty, the `{cert_issuer}` CN must equal it (case-insensitively). */
+  readonly x509TrustedIssuer: string;
   readonly tenantIdRequired: boolean;
   readonly dkimEnabled: boolean;
   readonly dkimAlignmentRequired: boolean;
   /** Lower-case authserv-id whose DKIM results count. */
   readonly trustedAuthservId: string;
+  /**
+   * Count trusted results wherever they stand. By default only those above the
+   * first Received header count: the verifier's header is added on top, a
+   * sender's forgery sits below the Received headers of Exchange Online.
+   */
+  readonly authResultsAnywhere: boolean;
   readonly addHeader: boolean;
   /** authserv-id written into the added header. */
   readonly authservId: string;
@@ -31,6 +41,8 @@ export interface MessageFacts {
   readonly clientAddress: string | undefined;
   /** The `{cert_subject}` macro, present only for a verified client certificate. */
   readonly certSubject: string | undefined;
+  /** The `{cert_issuer}` macro. */
+  readonly certIssuer: string | undefined;
   readonly headers: MessageHeaders;
 }
 
@@ -68,12 +80,6 @@ export interface PolicyAnswers {
 /** Receives one line per decision step (for debug logs and `explain`). */
 export type Trace = (line: string) => void;
 
-/** Address forms that name the same client: `IPv6:` prefix and letter case go. */
-export function normalizeAddress(address: string): string {
-  const a = address.toLowerCase();
-  return a.startsWith("ipv6:") ? a.slice(5) : a;
-}
-
 /** What the decision reads from a message, parsed once. */
 export interface Analysis {
   readonly x509: { readonly ok: true; readonly checked: boolean } | { readonly ok: false; readonly reason: string };
@@ -83,19 +89,29 @@ export interface Analysis {
   readonly tenantIds: readonly string[];
   /** Signing domains of the trusted `dkim=pass` results ("" when none is named). */
   readonly dkimPasses: readonly string[];
+  /** Trusted-id Authentication-Results ignored for standing below a Received header. */
+  readonly misplacedAuthResults: number;
   readonly exotaResults: number;
 }
 
 function checkX509(facts: MessageFacts, config: DecisionConfig, trace?: Trace): Analysis["x509"] {
   if (!config.x509Enabled) return { ok: true, checked: false };
-  const client = facts.clientAddress === undefined ? undefined : normalizeAddress(facts.clientAddress);
-  if (client !== undefined && config.x509AllowList.includes(client)) {
-    trace?.(`x509: client ${client} is on the allow-list, certificate not checked`);
+  const listed = allowListed(facts.clientAddress, config.x509AllowList);
+  if (listed !== undefined) {
+    trace?.(`x509: client ${facts.clientAddress} is on the allow-list (${listed.text}), certificate not checked`);
     return { ok: true, checked: false };
   }
-  const cn = facts.certSubject;
-  if (cn === undefined || cn === "") return { ok: false, reason: "No trusted x509 client CN found" };
+  if (facts.certSubject === undefined || facts.certSubject.trim() === "") {
+    return { ok: false, reason: "No trusted x509 client CN found" };
+  }
+  const cn = commonName(facts.certSubject);
   if (cn.toLowerCase() !== config.x509TrustedCn.toLowerCase()) return { ok: false, reason: `Untrusted x509 client CN: ${cn}` };
+  if (config.x509TrustedIssuer !== "") {
+    const issuer = facts.certIssuer === undefined ? "" : commonName(facts.certIssuer);
+    if (issuer.toLowerCase() !== config.x509TrustedIssuer.toLowerCase()) {
+      return { ok: false, reason: issuer === "" ? "No x509 client certificate issuer found" : `Untrusted x509 client certificate issuer: ${issuer}` };
+    }
+  }
   trace?.(`x509: trusted client CN ${cn}`);
   return { ok: true, checked: true };
 }
@@ -120,8 +136,13 @@ function analyzeResentFrom(values: readonly string[], trace?: Trace): string | u
   return undefined;
 }
 
-function trustedDkimPasses(headers: MessageHeaders, config: DecisionConfig, trace?: Trace): string[] {
+function trustedDkimPasses(
+  headers: MessageHeaders,
+  config: DecisionConfig,
+  trace?: Trace,
+): { passes: string[]; misplaced: number } {
   const passes: string[] = [];
+  let misplaced = 0;
   for (const h of headers.authResults) {
     const ar = parseAuthResults(h.value);
     if (ar === undefined) {
@@ -132,11 +153,16 @@ function trustedDkimPasses(headers: MessageHeaders, config: DecisionConfig, trac
       trace?.(`authentication-results: ignored, authserv-id ${ar.authservId} is not trusted`);
       continue;
     }
+    if (!h.aboveReceived && !config.authResultsAnywhere) {
+      trace?.(`authentication-results: ignored, trusted authserv-id ${ar.authservId} below a Received header (forged?)`);
+      misplaced++;
+      continue;
+    }
     for (const r of ar.results) {
       if (r.method === "dkim" && r.result === "pass") passes.push(dkimDomain(r) ?? "");
     }
   }
-  return passes;
+  return { passes, misplaced };
 }
 
 /** Parses what the decision needs; done once per message. */
@@ -144,12 +170,14 @@ export function analyze(facts: MessageFacts, config: DecisionConfig, trace?: Tra
   const tenantIds = config.tenantIdRequired
     ? [...new Set(facts.headers.tenantIds.map((t) => t.trim().toLowerCase()))]
     : [];
+  const dkim = config.dkimEnabled ? trustedDkimPasses(facts.headers, config, trace) : { passes: [], misplaced: 0 };
   return {
     x509: checkX509(facts, config, trace),
     from: analyzeFrom(facts.headers.from, trace),
     resentFromDomain: analyzeResentFrom(facts.headers.resentFrom, trace),
     tenantIds,
-    dkimPasses: config.dkimEnabled ? trustedDkimPasses(facts.headers, config, trace) : [],
+    dkimPasses: dkim.passes,
+    misplacedAuthResults: dkim.misplaced,
     exotaResults: facts.headers.exotaResults,
   };
 }
@@ -257,7 +285,16 @@ export function runDecision(
   lookup: PolicyLookup,
   trace?: Trace,
 ): Verdict | Promise<Verdict> {
-  const analysis = analyze(facts, config, trace);
+  return resolveDecision(analyze(facts, config, trace), config, lookup, trace);
+}
+
+/** {@link runDecision} for a message already analyzed. */
+export function resolveDecision(
+  analysis: Analysis,
+  config: DecisionConfig,
+  lookup: PolicyLookup,
+  trace?: Trace,
+): Verdict | Promise<Verdict> {
   const answers: PolicyAnswers = {};
   const run = (): Verdict | Promise<Verdict> => {
     for (;;) {

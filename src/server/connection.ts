@@ -15,6 +15,8 @@ export interface ConnectionOptions {
   readonly connId: string;
   readonly filter: Filter;
   readonly maxFrame: number;
+  /** Close the connection after this long without a byte from the MTA. */
+  readonly idleTimeoutMs: number;
   readonly log: Logger;
   readonly onClose?: () => void;
 }
@@ -93,6 +95,7 @@ export function serveConnection(socket: Socket, opts: ConnectionOptions): void {
     reader.push(chunk);
     process();
   });
+  socket.setTimeout(opts.idleTimeoutMs, () => close(true, `idle for ${opts.idleTimeoutMs / 1000} s`));
   socket.on("error", (e: Error) => log.debug("socket error: {error}", { conn: opts.connId, error: e.message }));
   socket.on("close", () => {
     closed = true;
