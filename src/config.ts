@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { type IpRange, parseRange } from "./policy/ip-allowlist.ts";
+import type { LdapConfig } from "./policy/ldap-backend.ts";
 import type { FilterConfig } from "./filter.ts";
 import { parseSocketSpec, type SocketSpec } from "./server/socket-spec.ts";
 
@@ -83,6 +84,23 @@ const addressList = v.pipe(
   }),
 ) as v.GenericSchema<string, IpRange[]>;
 
+const seconds = (env: string, flag: string, def: string, help: string, min = 0) =>
+  setting(
+    env,
+    flag,
+    def,
+    help,
+    `a number of seconds from ${min} (fractions allowed)`,
+    v.pipe(v.string(), v.trim(), v.regex(/^\d{1,9}(?:\.\d{1,3})?$/), v.transform(Number), v.minValue(min)),
+  );
+
+const uriList = v.pipe(
+  v.string(),
+  v.transform((s) => s.split(/[\s,]+/).filter((u) => u !== "")),
+  v.array(v.pipe(v.string(), v.regex(/^ldaps?:\/\/[^/\s]+\/?$/i))),
+  v.minLength(1),
+);
+
 const count = (env: string, flag: string, def: string, help: string, min = 1) =>
   setting(
     env,
@@ -130,7 +148,7 @@ export const SETTINGS = {
     "trusted-authservid",
     "authserv-id of the DKIM verifier whose Authentication-Results count (required with DKIM)",
   ),
-  policySource: setting("MILTER_POLICY_SOURCE", "policy-source", "file", "policy backend", "file", v.picklist(["file"])),
+  policySource: setting("MILTER_POLICY_SOURCE", "policy-source", "file", "policy backend", "file or ldap", v.picklist(["file", "ldap"])),
   policyFile: text("MILTER_POLICY_FILE", "policy-file", "/data/policy.json", "JSON policy file"),
   x509Enabled: bool("MILTER_X509_ENABLED", "x509-enabled", "require the trusted client certificate CN"),
   x509TrustedCn: text("MILTER_X509_TRUSTED_CN", "x509-trusted-cn", "mail.protection.outlook.com", "expected client certificate CN"),
@@ -163,7 +181,40 @@ export const SETTINGS = {
     "most header bytes per message (Postfix's header_size_limit is 102400); more tempfails it",
   ),
   maxConnections: count("MILTER_MAX_CONNECTIONS", "max-connections", "1000", "most milter connections at once; more are closed"),
-  idleTimeout: count("MILTER_IDLE_TIMEOUT", "idle-timeout", "600", "seconds a connection may be silent before it is closed"),
+  idleTimeout: seconds("MILTER_IDLE_TIMEOUT", "idle-timeout", "600", "seconds a connection may be silent before it is closed", 1),
+  ldapUris: setting(
+    "MILTER_LDAP_SERVER_URI",
+    "ldap-server-uri",
+    undefined,
+    "LDAP server(s), tried in order (required with ldap)",
+    "ldap://HOST[:PORT] or ldaps://HOST[:PORT], several separated by spaces or commas",
+    uriList,
+  ),
+  ldapBindDn: text("MILTER_LDAP_BINDDN", "ldap-binddn", "", "DN to bind as (empty: anonymous)"),
+  ldapBindPw: text("MILTER_LDAP_BINDPW", "ldap-bindpw", "", "bind password"),
+  ldapBindPwFile: text("MILTER_LDAP_BINDPW_FILE", "ldap-bindpw-file", "", "file holding the bind password (e.g. a systemd credential)"),
+  ldapSearchBase: text("MILTER_LDAP_SEARCH_BASE", "ldap-search-base", undefined, "search base (required with ldap)"),
+  ldapQuery: setting(
+    "MILTER_LDAP_QUERY",
+    "ldap-query",
+    undefined,
+    "search filter; %d is the From domain, escaped (required with ldap)",
+    "an LDAP filter in parentheses containing %d",
+    v.pipe(v.string(), v.trim(), v.regex(/^\(.*%d.*\)$/s)),
+  ),
+  ldapReceiveTimeout: seconds("MILTER_LDAP_RECEIVE_TIMEOUT", "ldap-receive-timeout", "5", "seconds to wait for an LDAP answer", 0.1),
+  ldapConnectTimeout: seconds("MILTER_LDAP_CONNECT_TIMEOUT", "ldap-connect-timeout", "5", "seconds to wait for an LDAP connection", 0.1),
+  ldapStartTls: bool("MILTER_LDAP_STARTTLS", "ldap-starttls", "use StartTLS on ldap:// connections"),
+  ldapCaFile: text("MILTER_LDAP_CA_FILE", "ldap-ca-file", "", "PEM file of the CA for ldaps:// and StartTLS (default: system CAs)"),
+  ldapTenantIdAttr: text("MILTER_LDAP_TENANT_ID_ATTR", "ldap-tenant-id-attr", "exotaMilterTenantId", "attribute of the tenant id"),
+  ldapDkimEnabledAttr: text("MILTER_LDAP_DKIM_ENABLED_ATTR", "ldap-dkim-enabled-attr", "exotaMilterDkimEnabled", "attribute of dkim_enabled"),
+  ldapDkimAlignmentRequiredAttr: text(
+    "MILTER_LDAP_DKIM_ALIGNMENT_REQUIRED_ATTR",
+    "ldap-dkim-alignment-required-attr",
+    "exotaMilterDkimAlignmentRequired",
+    "attribute of dkim_alignment_required",
+  ),
+  ldapCacheTtl: seconds("MILTER_LDAP_CACHE_TTL", "ldap-cache-ttl", "60", "seconds an LDAP answer is reused (0: no cache)"),
   addHeader: bool("MILTER_ADD_HEADER", "add-header", "add an X-ExOTA-Authentication-Results header to accepted mail"),
   authservId: token("MILTER_AUTHSERVID", "authservid", "authserv-id written into that header (required with add-header)"),
   logLevel: setting(
@@ -192,8 +243,10 @@ export interface Config {
   readonly socket: SocketSpec;
   readonly socketMode: number;
   readonly logLevel: LogLevel;
-  readonly policySource: "file";
+  readonly policySource: "file" | "ldap";
   readonly policyFile: string;
+  /** Set when the policy source is ldap; the password may still be in a file. */
+  readonly ldap: (Omit<LdapConfig, "bindPassword"> & { readonly bindPassword: string; readonly bindPasswordFile: string }) | undefined;
   readonly maxFrame: number;
   readonly maxConnections: number;
   readonly idleTimeoutMs: number;
@@ -245,6 +298,33 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   if (c.addHeader && c.authservId === undefined) {
     return { ok: false, error: "MILTER_AUTHSERVID (--authservid) is required when MILTER_ADD_HEADER is true" };
   }
+  let ldap: Config["ldap"];
+  if (c.policySource === "ldap") {
+    for (const key of ["ldapUris", "ldapSearchBase", "ldapQuery"] as const) {
+      if (c[key] === undefined) return { ok: false, error: `${SETTINGS[key].env} (--${SETTINGS[key].flag}) is required when MILTER_POLICY_SOURCE is ldap` };
+    }
+    if (c.ldapBindPw !== "" && c.ldapBindPwFile !== "") {
+      return { ok: false, error: "MILTER_LDAP_BINDPW and MILTER_LDAP_BINDPW_FILE are both set; use one" };
+    }
+    ldap = {
+      uris: c.ldapUris!,
+      bindDn: c.ldapBindDn,
+      bindPassword: c.ldapBindPw,
+      bindPasswordFile: c.ldapBindPwFile,
+      searchBase: c.ldapSearchBase!,
+      query: c.ldapQuery!,
+      receiveTimeoutMs: c.ldapReceiveTimeout * 1000,
+      connectTimeoutMs: c.ldapConnectTimeout * 1000,
+      startTls: c.ldapStartTls,
+      caFile: c.ldapCaFile,
+      attributes: {
+        tenantId: c.ldapTenantIdAttr,
+        dkimEnabled: c.ldapDkimEnabledAttr,
+        dkimAlignmentRequired: c.ldapDkimAlignmentRequiredAttr,
+      },
+      cacheTtlMs: c.ldapCacheTtl * 1000,
+    };
+  }
   return {
     ok: true,
     command: "run",
@@ -255,6 +335,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
       logLevel: c.logLevel,
       policySource: c.policySource,
       policyFile: c.policyFile,
+      ldap,
       maxFrame: c.maxFrame,
       maxConnections: c.maxConnections,
       idleTimeoutMs: c.idleTimeout * 1000,

@@ -10,6 +10,7 @@ import pkg from "../package.json" with { type: "json" };
 import { type Config, helpText, loadConfig } from "./config.ts";
 import { type DecisionRecord, ExotaFilter } from "./filter.ts";
 import { logger, setupLogging } from "./log.ts";
+import { LdapConfigError, LdapPolicyBackend } from "./policy/ldap-backend.ts";
 import { mapLookup, parsePolicyFile } from "./policy/policy-file.ts";
 import type { PolicyLookup } from "./policy/types.ts";
 import { serveConnection } from "./server/connection.ts";
@@ -21,6 +22,31 @@ const VERSION = typeof EXOTA_VERSION === "string" ? EXOTA_VERSION : `${pkg.versi
 function fail(message: string): never {
   process.stderr.write(`exota-milter: ${message}\n`);
   process.exit(1);
+}
+
+/** The LDAP backend, bound once (a wrong password stops start-up). */
+async function startLdap(config: NonNullable<Config["ldap"]>): Promise<LdapPolicyBackend> {
+  let bindPassword = config.bindPassword;
+  if (config.bindPasswordFile !== "") {
+    try {
+      bindPassword = readFileSync(config.bindPasswordFile, "utf8").replace(/\r?\n$/, "");
+    } catch (e) {
+      fail(`cannot read MILTER_LDAP_BINDPW_FILE ${config.bindPasswordFile}: ${(e as Error).message}`);
+    }
+  }
+  let backend: LdapPolicyBackend;
+  try {
+    backend = new LdapPolicyBackend({ ...config, bindPassword }, logger("ldap"));
+  } catch (e) {
+    fail(`cannot read MILTER_LDAP_CA_FILE ${config.caFile}: ${(e as Error).message}`);
+  }
+  try {
+    await backend.start();
+  } catch (e) {
+    if (e instanceof LdapConfigError) fail(e.message);
+    throw e;
+  }
+  return backend;
 }
 
 function loadPolicy(config: Config): PolicyLookup {
@@ -40,7 +66,7 @@ async function run(config: Config): Promise<void> {
   setupLogging(config.name, config.logLevel);
   const log = logger();
   const sessionLog = logger("session");
-  const lookup = loadPolicy(config);
+  const lookup = config.ldap !== undefined ? (await startLdap(config.ldap)).lookup : loadPolicy(config);
   const traceOn = sessionLog.isEnabledFor("debug");
 
   let nextConn = 0;

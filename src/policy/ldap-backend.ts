@@ -1,0 +1,207 @@
+/**
+ * The LDAP policy backend (ldapts). One bound connection, tried over the
+ * configured URIs in order; any fault makes the lookup a backend error
+ * (tempfail, never accept) and starts reconnecting in the background with
+ * back-off, so the next message after recovery is decided normally.
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import type { Logger } from "@logtape/logtape";
+import { Client, Filter } from "ldapts";
+import { AnswerCache } from "./answer-cache.ts";
+import { type LdapAttributes, type LdapEntry, policyFromEntries } from "./ldap-entry.ts";
+import type { PolicyResult } from "./types.ts";
+
+export interface LdapConfig {
+  readonly uris: readonly string[];
+  readonly bindDn: string;
+  readonly bindPassword: string;
+  readonly searchBase: string;
+  /** Filter template; `%d` is the domain, escaped per RFC 4515. */
+  readonly query: string;
+  readonly receiveTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly startTls: boolean;
+  /** PEM file of the CA for ldaps:// and StartTLS; the system's CAs when empty. */
+  readonly caFile: string;
+  readonly attributes: LdapAttributes;
+  readonly cacheTtlMs: number;
+}
+
+/** A start-up error a postmaster must fix (wrong password, bad base). */
+export class LdapConfigError extends Error {}
+
+const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
+
+/** Result codes that mean our configuration is wrong, not that the server is away. */
+const CONFIG_CODES = new Set([
+  0x20, // noSuchObject (search base)
+  0x22, // invalidDNSyntax
+  0x30, // inappropriateAuthentication
+  0x31, // invalidCredentials
+  0x32, // insufficientAccessRights
+]);
+
+export class LdapPolicyBackend {
+  #client: Client | undefined;
+  #connecting: Promise<Client> | undefined;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #failures = 0;
+  #lastError = "not connected yet";
+  #closed = false;
+  readonly #cache: AnswerCache;
+  readonly #inFlight = new Map<string, Promise<PolicyResult>>();
+  readonly #tls: { ca?: Buffer } | undefined;
+
+  constructor(readonly config: LdapConfig, readonly log: Logger) {
+    this.#cache = new AnswerCache(config.cacheTtlMs, 10_000, Date.now);
+    this.#tls = config.caFile === "" ? undefined : { ca: readFileSync(config.caFile) };
+  }
+
+  /**
+   * Connects and binds once at start-up. A wrong password or search base
+   * throws {@link LdapConfigError}; an unreachable server only logs, and the
+   * milter tempfails until it is back.
+   */
+  async start(): Promise<void> {
+    try {
+      const client = await this.#connect();
+      await client.search(this.config.searchBase, { scope: "base", attributes: ["1.1"], sizeLimit: 1 });
+    } catch (e) {
+      if (e instanceof LdapConfigError) throw e;
+      if (isConfigError(e)) throw new LdapConfigError(`LDAP: ${describe(e)}`);
+      this.log.warn("LDAP server unreachable at start-up, mail is tempfailed until it answers: {error}", { error: describe(e) });
+      this.#broken(e);
+    }
+  }
+
+  lookup = (domain: string): PolicyResult | Promise<PolicyResult> => {
+    const cached = this.#cache.get(domain);
+    if (cached !== undefined) return cached;
+    const pending = this.#inFlight.get(domain);
+    if (pending !== undefined) return pending;
+    const p = this.#query(domain).finally(() => this.#inFlight.delete(domain));
+    this.#inFlight.set(domain, p);
+    return p;
+  };
+
+  async #query(domain: string): Promise<PolicyResult> {
+    let client = this.#client;
+    if (client !== undefined && !client.isConnected) {
+      // The server closed an idle connection: reconnect (TLS and bind
+      // included) instead of letting the client reconnect unauthenticated.
+      this.#client = undefined;
+      try {
+        client = await this.#connect();
+      } catch (e) {
+        this.#broken(e);
+        return { kind: "backend_error", reason: describe(e) };
+      }
+    }
+    if (client === undefined) {
+      this.#scheduleRetry();
+      return { kind: "backend_error", reason: `LDAP unavailable: ${this.#lastError}` };
+    }
+    try {
+      const filter = this.config.query.replaceAll("%d", Filter.escape(domain));
+      const a = this.config.attributes;
+      const { searchEntries } = await client.search(this.config.searchBase, {
+        scope: "sub",
+        filter,
+        attributes: [a.tenantId, a.dkimEnabled, a.dkimAlignmentRequired],
+        sizeLimit: 2,
+      });
+      const result = policyFromEntries(domain, searchEntries as LdapEntry[], a);
+      this.#cache.set(domain, result);
+      return result;
+    } catch (e) {
+      // sizeLimitExceeded: more than one entry for the domain.
+      if ((e as { code?: number }).code === 0x04) return { kind: "invalid", reason: `more than one directory entry for ${domain}` };
+      this.log.error("LDAP search for {domain} failed: {error}", { domain, error: describe(e) });
+      this.#broken(e);
+      return { kind: "backend_error", reason: describe(e) };
+    }
+  }
+
+  /** Tries every URI in order; resolves with a bound client. */
+  #connect(): Promise<Client> {
+    this.#connecting ??= (async () => {
+      let last: unknown;
+      for (const url of this.config.uris) {
+        const client = new Client({
+          url,
+          timeout: this.config.receiveTimeoutMs,
+          connectTimeout: this.config.connectTimeoutMs,
+          tlsOptions: this.#tls,
+        });
+        try {
+          if (this.config.startTls) await client.startTLS(this.#tls ?? {});
+          if (this.config.bindDn !== "") await client.bind(this.config.bindDn, this.config.bindPassword);
+          this.#client = client;
+          this.#failures = 0;
+          this.log.info("LDAP connected to {url}", { url });
+          return client;
+        } catch (e) {
+          last = e;
+          void client.unbind().catch(() => {});
+          if (isConfigError(e)) throw new LdapConfigError(`LDAP ${url}: ${describe(e)}`);
+          // Loud once; while reconnecting with back-off, quietly.
+          if (this.#failures === 0) this.log.warn("LDAP {url} failed: {error}", { url, error: describe(e) });
+          else this.log.debug("LDAP {url} still failing: {error}", { url, error: describe(e) });
+        }
+      }
+      throw last ?? new Error("no LDAP URI configured");
+    })().finally(() => (this.#connecting = undefined));
+    return this.#connecting;
+  }
+
+  /** Drops the connection and reconnects in the background, with back-off. */
+  #broken(e: unknown): void {
+    this.#lastError = describe(e);
+    const client = this.#client;
+    this.#client = undefined;
+    if (client !== undefined) void client.unbind().catch(() => {});
+    this.#scheduleRetry();
+  }
+
+  #scheduleRetry(): void {
+    if (this.#closed || this.#retryTimer !== undefined) return;
+    const delay = BACKOFF_MS[Math.min(this.#failures, BACKOFF_MS.length - 1)]!;
+    this.#failures++;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#connect().catch((e) => {
+        this.#lastError = describe(e);
+        if (e instanceof LdapConfigError) this.log.error("{error}", { error: e.message });
+        this.#scheduleRetry();
+      });
+    }, delay);
+    this.#retryTimer.unref?.();
+  }
+
+  /** Whether a bound connection is there now. */
+  get connected(): boolean {
+    return this.#client !== undefined;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    const client = this.#client;
+    this.#client = undefined;
+    if (client !== undefined) await client.unbind().catch(() => {});
+  }
+}
+
+function isConfigError(e: unknown): boolean {
+  const code = (e as { code?: unknown }).code;
+  return typeof code === "number" && CONFIG_CODES.has(code);
+}
+
+function describe(e: unknown): string {
+  if (e instanceof Error) {
+    const code = (e as { code?: unknown }).code;
+    return code !== undefined ? `${e.message} (code ${String(code)})` : e.message;
+  }
+  return String(e);
+}

@@ -1,0 +1,112 @@
+/**
+ * A throwaway OpenLDAP server (Debian's slapd) on a loopback port, with the
+ * shipped schema and sample entries, for the LDAP backend tests. Stopped and
+ * started again by its own PID only.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { freePort, ROOT, tempDir } from "./milter-process.ts";
+
+export const BASE = "dc=example,dc=org";
+export const BIND_DN = "uid=exota-milter,ou=apps,dc=example,dc=org";
+export const BIND_PW = "milter-secret";
+
+const SLAPD = "/usr/sbin/slapd";
+const SCHEMA = "/etc/ldap/schema";
+
+export interface Slapd {
+  readonly url: string;
+  readonly port: number;
+  /** Adds entries (LDIF) while the server runs. */
+  add(ldif: string): void;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  /** Stops and removes everything. */
+  destroy(): Promise<void>;
+}
+
+function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  return new Promise((res, rej) => {
+    const attempt = () => {
+      const s = connect({ host: "127.0.0.1", port });
+      s.once("connect", () => {
+        s.destroy();
+        res();
+      });
+      s.once("error", () => {
+        if (Date.now() > until) rej(new Error(`slapd did not listen on ${port}`));
+        else setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+export async function startSlapd(extraLdif = ""): Promise<Slapd> {
+  const dir = tempDir("exota-slapd-");
+  const port = await freePort();
+  const conf = join(dir, "slapd.conf");
+  writeFileSync(
+    conf,
+    [
+      `include ${SCHEMA}/core.schema`,
+      `include ${SCHEMA}/cosine.schema`,
+      `include ${join(ROOT, "ldap/exota-milter.schema")}`,
+      `pidfile ${dir}/slapd.pid`,
+      "moduleload back_mdb",
+      "database mdb",
+      `suffix "${BASE}"`,
+      `rootdn "cn=admin,${BASE}"`,
+      "rootpw admin-secret",
+      `directory ${dir}`,
+      "maxsize 10485760",
+      `access to attrs=userPassword by anonymous auth by * none`,
+      `access to * by dn.exact="${BIND_DN}" read by * none`,
+      "",
+    ].join("\n"),
+  );
+  const ldif = [
+    `dn: ${BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n`,
+    `dn: ou=apps,${BASE}\nobjectClass: organizationalUnit\nou: apps\n`,
+    `dn: ${BIND_DN}\nobjectClass: account\nobjectClass: simpleSecurityObject\nuid: exota-milter\nuserPassword: ${BIND_PW}\n`,
+  ].join("\n") + "\n" + readFileSync(join(ROOT, "ldap/sample-policies.ldif"), "utf8") + "\n" + extraLdif;
+  const ldifFile = join(dir, "init.ldif");
+  writeFileSync(ldifFile, ldif);
+  execFileSync("/usr/sbin/slapadd", ["-f", conf, "-l", ldifFile], { stdio: "pipe" });
+
+  let child: ChildProcess | undefined;
+  const url = `ldap://127.0.0.1:${port}`;
+  const start = async () => {
+    child = spawn(SLAPD, ["-f", conf, "-h", `${url}/`, "-d", "0"], { stdio: "ignore" });
+    await waitForPort(port);
+  };
+  const stop = async () => {
+    const c = child;
+    child = undefined;
+    if (c === undefined || c.exitCode !== null) return;
+    const exited = new Promise((res) => c.once("exit", res));
+    c.kill("SIGTERM");
+    const t = setTimeout(() => c.kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(t);
+  };
+  await start();
+  return {
+    url,
+    port,
+    add(text: string) {
+      const f = join(dir, "add.ldif");
+      writeFileSync(f, text);
+      execFileSync("/usr/bin/ldapadd", ["-x", "-H", url, "-D", `cn=admin,${BASE}`, "-w", "admin-secret", "-f", f], { stdio: "pipe" });
+    },
+    stop,
+    start,
+    async destroy() {
+      await stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
