@@ -98,6 +98,10 @@ export function serveConnection(socket: Socket, opts: ConnectionOptions): void {
   socket.setTimeout(opts.idleTimeoutMs, () => close(true, `idle for ${opts.idleTimeoutMs / 1000} s`));
   socket.on("error", (e: Error) => log.debug("socket error: {error}", { conn: opts.connId, error: e.message }));
   socket.on("close", () => {
+    // An MTA that hangs up in the middle of a frame is broken or not an MTA: worth a log line.
+    if (!closed && !busy && reader.buffered > 0) {
+      log.warn("connection closed by the MTA in the middle of a frame ({bytes} bytes pending)", { conn: opts.connId, bytes: reader.buffered });
+    }
     closed = true;
     opts.onClose?.();
   });

@@ -9,15 +9,21 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
-export const BINARY = join(ROOT, "dist/exota-milter");
+/** The binary under test; EXOTA_MILTER_BINARY points elsewhere (e.g. a build of a mutated tree). */
+export const BINARY = process.env.EXOTA_MILTER_BINARY ?? join(ROOT, "dist/exota-milter");
 
 export interface MilterProcess {
   readonly child: ChildProcess;
   /** Everything the milter wrote to stderr so far. */
   log(): string;
-  /** Waits until a log line matches. */
-  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
-  stop(): Promise<number | null>;
+  /** Waits until a log line matches; `fromOffset` (a former `log().length`) ignores older output. */
+  waitForLog(pattern: RegExp, timeoutMs?: number, fromOffset?: number): Promise<string>;
+  /**
+   * Stops the process (SIGTERM, SIGKILL after 5 s) and resolves with its exit
+   * code (null when killed by a signal). `signal` = "SIGKILL" leaves
+   * everything behind as a crash would (e.g. a stale unix socket file).
+   */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
 export interface StartOptions {
@@ -75,10 +81,10 @@ export async function startMilter(opts: StartOptions = {}): Promise<MilterProces
     for (const w of waiters) w();
   });
 
-  const waitForLog = (pattern: RegExp, timeoutMs = 10_000) =>
+  const waitForLog = (pattern: RegExp, timeoutMs = 10_000, fromOffset = 0) =>
     new Promise<string>((res, rej) => {
       const check = () => {
-        const m = pattern.exec(out);
+        const m = pattern.exec(out.slice(fromOffset));
         if (m) {
           cleanup();
           res(m[0]);
@@ -103,8 +109,8 @@ export async function startMilter(opts: StartOptions = {}): Promise<MilterProces
     child,
     log: () => out,
     waitForLog,
-    async stop() {
-      if (!done) child.kill("SIGTERM");
+    async stop(signal: NodeJS.Signals = "SIGTERM") {
+      if (!done) child.kill(signal);
       const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
       const code = await exited;
       clearTimeout(timer);
