@@ -2,6 +2,7 @@
 # Installs the Debian packages the test suite talks to (real peers, not mocks):
 #   miltertest   the milter client from OpenDKIM, driven by Lua scripts
 #   python3      plays systemd for the socket-activation tests
+#   slapd, ldap-utils   a throwaway OpenLDAP server for the LDAP backend tests
 # Run as root (or with sudo) on Debian 12.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -9,7 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-packages=(miltertest python3)
+# slapd must not ask for a directory of its own: the tests start their own.
+echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
+packages=(miltertest python3 slapd ldap-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
