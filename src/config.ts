@@ -136,7 +136,11 @@ export const SETTINGS = {
     "Service temporarily not available! Please try again later.",
     "text of 4xx replies",
   ),
-  tenantIdRequired: bool("MILTER_TENANT_ID_REQUIRED", "tenant-id-required", "require X-MS-Exchange-CrossTenant-Id to match the policy"),
+  tenantIdRequired: bool(
+    "MILTER_TENANT_ID_REQUIRED",
+    "tenant-id-required",
+    "require X-MS-Exchange-CrossTenant-Id to match the policy",
+  ),
   dkimEnabled: bool("MILTER_DKIM_ENABLED", "dkim-enabled", "require a DKIM pass from the trusted verifier"),
   dkimAlignmentRequired: bool(
     "MILTER_DKIM_ALIGNMENT_REQUIRED",
@@ -148,10 +152,22 @@ export const SETTINGS = {
     "trusted-authservid",
     "authserv-id of the DKIM verifier whose Authentication-Results count (required with DKIM)",
   ),
-  policySource: setting("MILTER_POLICY_SOURCE", "policy-source", "file", "policy backend", "file or ldap", v.picklist(["file", "ldap"])),
+  policySource: setting(
+    "MILTER_POLICY_SOURCE",
+    "policy-source",
+    "file",
+    "policy backend",
+    "file or ldap",
+    v.picklist(["file", "ldap"]),
+  ),
   policyFile: text("MILTER_POLICY_FILE", "policy-file", "/data/policy.json", "JSON policy file"),
   x509Enabled: bool("MILTER_X509_ENABLED", "x509-enabled", "require the trusted client certificate CN"),
-  x509TrustedCn: text("MILTER_X509_TRUSTED_CN", "x509-trusted-cn", "mail.protection.outlook.com", "expected client certificate CN"),
+  x509TrustedCn: text(
+    "MILTER_X509_TRUSTED_CN",
+    "x509-trusted-cn",
+    "mail.protection.outlook.com",
+    "expected client certificate CN",
+  ),
   x509IpWhitelist: setting(
     "MILTER_X509_IP_WHITELIST",
     "x509-ip-whitelist",
@@ -192,7 +208,12 @@ export const SETTINGS = {
   ),
   ldapBindDn: text("MILTER_LDAP_BINDDN", "ldap-binddn", "", "DN to bind as (empty: anonymous)"),
   ldapBindPw: text("MILTER_LDAP_BINDPW", "ldap-bindpw", "", "bind password"),
-  ldapBindPwFile: text("MILTER_LDAP_BINDPW_FILE", "ldap-bindpw-file", "", "file holding the bind password (e.g. a systemd credential)"),
+  ldapBindPwFile: text(
+    "MILTER_LDAP_BINDPW_FILE",
+    "ldap-bindpw-file",
+    "",
+    "file holding the bind password (e.g. a systemd credential)",
+  ),
   ldapSearchBase: text("MILTER_LDAP_SEARCH_BASE", "ldap-search-base", undefined, "search base (required with ldap)"),
   ldapQuery: setting(
     "MILTER_LDAP_QUERY",
@@ -202,12 +223,39 @@ export const SETTINGS = {
     "an LDAP filter in parentheses containing %d",
     v.pipe(v.string(), v.trim(), v.regex(/^\(.*%d.*\)$/s)),
   ),
-  ldapReceiveTimeout: seconds("MILTER_LDAP_RECEIVE_TIMEOUT", "ldap-receive-timeout", "5", "seconds to wait for an LDAP answer", 0.1),
-  ldapConnectTimeout: seconds("MILTER_LDAP_CONNECT_TIMEOUT", "ldap-connect-timeout", "5", "seconds to wait for an LDAP connection", 0.1),
+  ldapReceiveTimeout: seconds(
+    "MILTER_LDAP_RECEIVE_TIMEOUT",
+    "ldap-receive-timeout",
+    "5",
+    "seconds to wait for an LDAP answer",
+    0.1,
+  ),
+  ldapConnectTimeout: seconds(
+    "MILTER_LDAP_CONNECT_TIMEOUT",
+    "ldap-connect-timeout",
+    "5",
+    "seconds to wait for an LDAP connection",
+    0.1,
+  ),
   ldapStartTls: bool("MILTER_LDAP_STARTTLS", "ldap-starttls", "use StartTLS on ldap:// connections"),
-  ldapCaFile: text("MILTER_LDAP_CA_FILE", "ldap-ca-file", "", "PEM file of the CA for ldaps:// and StartTLS (default: system CAs)"),
-  ldapTenantIdAttr: text("MILTER_LDAP_TENANT_ID_ATTR", "ldap-tenant-id-attr", "exotaMilterTenantId", "attribute of the tenant id"),
-  ldapDkimEnabledAttr: text("MILTER_LDAP_DKIM_ENABLED_ATTR", "ldap-dkim-enabled-attr", "exotaMilterDkimEnabled", "attribute of dkim_enabled"),
+  ldapCaFile: text(
+    "MILTER_LDAP_CA_FILE",
+    "ldap-ca-file",
+    "",
+    "PEM file of the CA for ldaps:// and StartTLS (default: system CAs)",
+  ),
+  ldapTenantIdAttr: text(
+    "MILTER_LDAP_TENANT_ID_ATTR",
+    "ldap-tenant-id-attr",
+    "exotaMilterTenantId",
+    "attribute of the tenant id",
+  ),
+  ldapDkimEnabledAttr: text(
+    "MILTER_LDAP_DKIM_ENABLED_ATTR",
+    "ldap-dkim-enabled-attr",
+    "exotaMilterDkimEnabled",
+    "attribute of dkim_enabled",
+  ),
   ldapDkimAlignmentRequiredAttr: text(
     "MILTER_LDAP_DKIM_ALIGNMENT_REQUIRED_ATTR",
     "ldap-dkim-alignment-required-attr",
@@ -217,6 +265,60 @@ export const SETTINGS = {
   ldapCacheTtl: seconds("MILTER_LDAP_CACHE_TTL", "ldap-cache-ttl", "60", "seconds an LDAP answer is reused (0: no cache)"),
   addHeader: bool("MILTER_ADD_HEADER", "add-header", "add an X-ExOTA-Authentication-Results header to accepted mail"),
   authservId: token("MILTER_AUTHSERVID", "authservid", "authserv-id written into that header (required with add-header)"),
+  reportOnly: bool(
+    "MILTER_REPORT_ONLY",
+    "report-only",
+    "decide and log every message, but let rejected ones through (the added header says what would have happened)",
+  ),
+  policyWatch: setting(
+    "MILTER_POLICY_WATCH",
+    "policy-watch",
+    "true",
+    "reload the policy file when it changes on disk (SIGHUP always reloads)",
+    "a boolean word",
+    v.pipe(
+      v.string(),
+      v.trim(),
+      v.toLowerCase(),
+      v.picklist([...TRUE_WORDS, ...FALSE_WORDS]),
+      v.transform((w) => TRUE_WORDS.includes(w)),
+    ),
+  ),
+  shutdownTimeout: seconds(
+    "MILTER_SHUTDOWN_TIMEOUT",
+    "shutdown-timeout",
+    "10",
+    "seconds to let messages in flight finish on SIGTERM before exiting",
+  ),
+  metricsListen: setting(
+    "MILTER_METRICS_LISTEN",
+    "metrics-listen",
+    "",
+    "HOST:PORT of a Prometheus metrics endpoint, e.g. 127.0.0.1:9799 (empty: off)",
+    "empty or HOST:PORT (IPv6 as [::1]:PORT)",
+    v.pipe(
+      v.string(),
+      v.trim(),
+      v.rawTransform(({ dataset, addIssue, NEVER }) => {
+        if (dataset.value === "") return undefined;
+        const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(dataset.value);
+        const port = Number(m?.[3]);
+        if (m === null || !(port >= 1 && port <= 65535)) {
+          addIssue({ message: "not HOST:PORT" });
+          return NEVER;
+        }
+        return { host: (m[1] ?? m[2])!, port };
+      }),
+    ) as v.GenericSchema<string, { host: string; port: number } | undefined>,
+  ),
+  logFormat: setting(
+    "LOG_FORMAT",
+    "log-format",
+    "auto",
+    "text lines, journal (syslog priority prefix, no time stamp), json lines, or auto (journal under systemd, else text)",
+    "auto, text, journal or json",
+    v.pipe(v.string(), v.trim(), v.toLowerCase(), v.picklist(["auto", "text", "journal", "json"])),
+  ),
   logLevel: setting(
     "LOG_LEVEL",
     "log-level",
@@ -237,28 +339,55 @@ type Settings = typeof SETTINGS;
 type Values = { -readonly [K in keyof Settings]: Settings[K] extends Setting<infer T> ? T : never };
 
 export type LogLevel = Values["logLevel"];
+export type LogFormat = "text" | "journal" | "json";
+
+/** A setting as it came, for `check` (secrets masked). */
+export interface EffectiveSetting {
+  readonly env: string;
+  readonly value: string;
+  readonly source: "flag" | "environment" | "default";
+}
+
+const SECRET_SETTINGS = new Set(["MILTER_LDAP_BINDPW"]);
 
 export interface Config {
+  readonly settings: readonly EffectiveSetting[];
   readonly name: string;
   readonly socket: SocketSpec;
   readonly socketMode: number;
   readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
   readonly policySource: "file" | "ldap";
   readonly policyFile: string;
   /** Set when the policy source is ldap; the password may still be in a file. */
-  readonly ldap: (Omit<LdapConfig, "bindPassword"> & { readonly bindPassword: string; readonly bindPasswordFile: string }) | undefined;
+  readonly ldap:
+    | (Omit<LdapConfig, "bindPassword"> & { readonly bindPassword: string; readonly bindPasswordFile: string })
+    | undefined;
   readonly maxFrame: number;
   readonly maxConnections: number;
   readonly idleTimeoutMs: number;
+  readonly shutdownTimeoutMs: number;
+  readonly policyWatch: boolean;
+  readonly metricsListen: { readonly host: string; readonly port: number } | undefined;
   readonly filter: FilterConfig;
 }
 
-export type Command = "run" | "help" | "version";
+/** What `explain` is asked about. */
+export interface ExplainRequest {
+  readonly messageFile: string;
+  readonly clientIp: string | undefined;
+  readonly certSubject: string | undefined;
+  readonly certIssuer: string | undefined;
+  readonly queueId: string | undefined;
+}
 
 export type ConfigResult =
-  | { readonly ok: true; readonly command: "run"; readonly config: Config }
+  | { readonly ok: true; readonly command: "run" | "check"; readonly config: Config }
+  | { readonly ok: true; readonly command: "explain"; readonly config: Config; readonly explain: ExplainRequest }
   | { readonly ok: true; readonly command: "help" | "version" }
   | { readonly ok: false; readonly error: string };
+
+const EXPLAIN_FLAGS = ["message", "client-ip", "cert-subject", "cert-issuer", "queue-id"] as const;
 
 /** Reads flags (`--dkim-enabled=yes`) and the environment into a config. */
 export function loadConfig(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): ConfigResult {
@@ -266,6 +395,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
     help: { type: "boolean", short: "h" },
     version: { type: "boolean", short: "V" },
   };
+  for (const f of EXPLAIN_FLAGS) options[f] = { type: "string" };
   for (const s of Object.values(SETTINGS)) options[s.flag] = { type: "string" };
   let parsed;
   try {
@@ -275,15 +405,31 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   }
   if (parsed.values.help === true) return { ok: true, command: "help" };
   if (parsed.values.version === true) return { ok: true, command: "version" };
-  const extra = parsed.positionals.filter((p, i) => !(i === 0 && p === "run"));
+  const [command = "run", ...extra] = parsed.positionals;
+  if (command !== "run" && command !== "check" && command !== "explain") {
+    return { ok: false, error: `unknown command "${command}": expected run, check or explain (see --help)` };
+  }
   if (extra.length > 0) return { ok: false, error: `unexpected argument "${extra[0]}" (see --help)` };
+  const explainValue = (f: typeof EXPLAIN_FLAGS[number]) => parsed.values[f] as string | undefined;
+  if (command !== "explain") {
+    const stray = EXPLAIN_FLAGS.find((f) => explainValue(f) !== undefined);
+    if (stray !== undefined) return { ok: false, error: `--${stray} belongs to the explain command (see --help)` };
+  } else if (explainValue("message") === undefined) {
+    return { ok: false, error: "explain needs --message FILE.eml (see --help)" };
+  }
 
   const values: Partial<Record<keyof Settings, unknown>> = {};
+  const effective: EffectiveSetting[] = [];
   for (const [key, s] of Object.entries(SETTINGS) as Array<[keyof Settings, Setting<unknown>]>) {
     const flagValue = parsed.values[s.flag];
     const fromFlag = typeof flagValue === "string";
     const raw = fromFlag ? flagValue : env[s.env] ?? s.default;
     if (raw === undefined) continue;
+    effective.push({
+      env: s.env,
+      value: SECRET_SETTINGS.has(s.env) && raw !== "" ? "(secret)" : raw,
+      source: fromFlag ? "flag" : env[s.env] !== undefined ? "environment" : "default",
+    });
     const r = v.safeParse(s.schema, raw);
     if (!r.success) {
       const source = fromFlag ? `--${s.flag}` : env[s.env] !== undefined ? s.env : `default of ${s.env}`;
@@ -301,7 +447,12 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   let ldap: Config["ldap"];
   if (c.policySource === "ldap") {
     for (const key of ["ldapUris", "ldapSearchBase", "ldapQuery"] as const) {
-      if (c[key] === undefined) return { ok: false, error: `${SETTINGS[key].env} (--${SETTINGS[key].flag}) is required when MILTER_POLICY_SOURCE is ldap` };
+      if (c[key] === undefined) {
+        return {
+          ok: false,
+          error: `${SETTINGS[key].env} (--${SETTINGS[key].flag}) is required when MILTER_POLICY_SOURCE is ldap`,
+        };
+      }
     }
     if (c.ldapBindPw !== "" && c.ldapBindPwFile !== "") {
       return { ok: false, error: "MILTER_LDAP_BINDPW and MILTER_LDAP_BINDPW_FILE are both set; use one" };
@@ -325,45 +476,65 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
       cacheTtlMs: c.ldapCacheTtl * 1000,
     };
   }
-  return {
-    ok: true,
-    command: "run",
-    config: {
-      name: c.name,
-      socket: c.socket,
-      socketMode: c.socketMode,
-      logLevel: c.logLevel,
-      policySource: c.policySource,
-      policyFile: c.policyFile,
-      ldap,
-      maxFrame: c.maxFrame,
-      maxConnections: c.maxConnections,
-      idleTimeoutMs: c.idleTimeout * 1000,
-      filter: {
-        rejectMessage: c.rejectMessage,
-        tempfailMessage: c.tmpfailMessage,
-        tenantIdRequired: c.tenantIdRequired,
-        dkimEnabled: c.dkimEnabled,
-        dkimAlignmentRequired: c.dkimAlignmentRequired,
-        trustedAuthservId: (c.trustedAuthservId ?? "").toLowerCase(),
-        x509Enabled: c.x509Enabled,
-        x509TrustedCn: c.x509TrustedCn,
-        x509AllowList: c.x509IpWhitelist,
-        x509TrustedIssuer: c.x509TrustedIssuer,
-        authResultsAnywhere: c.authResultsAnywhere,
-        maxHeaders: c.maxHeaders,
-        maxHeaderBytes: c.maxHeaderBytes,
-        addHeader: c.addHeader,
-        authservId: c.authservId ?? "",
-      },
+  const config: Config = {
+    settings: effective,
+    name: c.name,
+    socket: c.socket,
+    socketMode: c.socketMode,
+    logLevel: c.logLevel,
+    logFormat: c.logFormat === "auto" ? (env.JOURNAL_STREAM ? "journal" : "text") : c.logFormat,
+    policySource: c.policySource,
+    policyFile: c.policyFile,
+    ldap,
+    maxFrame: c.maxFrame,
+    maxConnections: c.maxConnections,
+    idleTimeoutMs: c.idleTimeout * 1000,
+    shutdownTimeoutMs: c.shutdownTimeout * 1000,
+    policyWatch: c.policyWatch,
+    metricsListen: c.metricsListen,
+    filter: {
+      rejectMessage: c.rejectMessage,
+      tempfailMessage: c.tmpfailMessage,
+      tenantIdRequired: c.tenantIdRequired,
+      dkimEnabled: c.dkimEnabled,
+      dkimAlignmentRequired: c.dkimAlignmentRequired,
+      trustedAuthservId: (c.trustedAuthservId ?? "").toLowerCase(),
+      x509Enabled: c.x509Enabled,
+      x509TrustedCn: c.x509TrustedCn,
+      x509AllowList: c.x509IpWhitelist,
+      x509TrustedIssuer: c.x509TrustedIssuer,
+      authResultsAnywhere: c.authResultsAnywhere,
+      maxHeaders: c.maxHeaders,
+      maxHeaderBytes: c.maxHeaderBytes,
+      addHeader: c.addHeader,
+      authservId: c.authservId ?? "",
+      reportOnly: c.reportOnly,
     },
   };
+  if (command === "explain") {
+    return {
+      ok: true,
+      command,
+      config,
+      explain: {
+        messageFile: explainValue("message")!,
+        clientIp: explainValue("client-ip"),
+        certSubject: explainValue("cert-subject"),
+        certIssuer: explainValue("cert-issuer"),
+        queueId: explainValue("queue-id"),
+      },
+    };
+  }
+  return { ok: true, command, config };
 }
 
 /** The --help text, generated from the settings table. */
 export function helpText(program: string): string {
   const lines = [
-    `Usage: ${program} [run] [--FLAG=VALUE ...]`,
+    `Usage: ${program} [run] [--FLAG=VALUE ...]      serve mail`,
+    `       ${program} check [--FLAG=VALUE ...]      validate configuration and policy, print what is in force`,
+    `       ${program} explain --message FILE.eml [--client-ip IP] [--cert-subject CN] [--cert-issuer CN] [--queue-id ID]`,
+    "                                              decide a saved message and print every step",
     "",
     "Exchange Online Tenant Authorisation milter. Every setting is a flag or an",
     "environment variable; a flag wins. Booleans are words: true/false, yes/no, on/off, 1/0.",

@@ -10,7 +10,16 @@ import { Action, MacroStage, Proto } from "./milter/protocol.ts";
 import type { ConnectInfo, Filter, Macros } from "./milter/session.ts";
 import type { FilterNeeds } from "./milter/negotiate.ts";
 import type { Reply } from "./milter/types.ts";
-import { analyze, type DecisionConfig, replyText, resolveDecision, type Trace, type Verdict } from "./policy/decide.ts";
+import {
+  analyze,
+  type DecisionConfig,
+  type HeaderChange,
+  headerChanges,
+  replyText,
+  resolveDecision,
+  type Trace,
+  type Verdict,
+} from "./policy/decide.ts";
 import type { PolicyLookup } from "./policy/types.ts";
 
 export interface FilterConfig extends DecisionConfig {
@@ -19,6 +28,8 @@ export interface FilterConfig extends DecisionConfig {
   /** Limits per message; beyond them headers are no longer kept and the message is tempfailed. */
   readonly maxHeaders: number;
   readonly maxHeaderBytes: number;
+  /** Let rejected and tempfailed messages through; the added header says what would have happened. */
+  readonly reportOnly: boolean;
 }
 
 /** One decision, as logged. */
@@ -26,6 +37,8 @@ export interface DecisionRecord {
   readonly queueId: string;
   readonly client: string | undefined;
   readonly verdict: Verdict;
+  /** From end of message to verdict, when the hooks have a clock. */
+  readonly latencyMs: number | undefined;
 }
 
 export interface FilterHooks {
@@ -36,6 +49,8 @@ export interface FilterHooks {
   warn(queueId: string, message: string): void;
   /** Present only when step-by-step lines are wanted (debug). */
   readonly trace?: (queueId: string, line: string) => void;
+  /** A clock in milliseconds, for decision latency. */
+  readonly now?: () => number;
 }
 
 /** Steps this filter never needs; where the MTA can, it skips them or expects no reply. */
@@ -56,17 +71,27 @@ export function filterNeeds(config: FilterConfig): FilterNeeds {
   };
 }
 
-export function verdictReplies(verdict: Verdict, queueId: string, config: FilterConfig): Reply[] {
+function changeReplies(changes: readonly HeaderChange[]): Reply[] {
+  const out: Reply[] = changes.map((c): Reply =>
+    c.kind === "delete" ? { type: "chgheader", index: c.index, name: c.name, value: "" } : { type: "addheader", name: c.name, value: c.value }
+  );
+  out.push({ type: "continue" });
+  return out;
+}
+
+/**
+ * The replies for a verdict. `existingResults` counts the message's own
+ * X-ExOTA-Authentication-Results headers, removed in report-only mode too.
+ */
+export function verdictReplies(verdict: Verdict, queueId: string, config: FilterConfig, existingResults: number): Reply[] {
+  if (verdict.action !== "continue" && config.reportOnly) {
+    const results = `auth=fail report_only=True would=${verdict.action} reason="${verdict.reason.replaceAll('"', "'")}"` +
+      ` 5322_from_domain=${verdict.fromDomain ?? "unknown"}`;
+    return changeReplies(headerChanges(existingResults, config, results));
+  }
   switch (verdict.action) {
-    case "continue": {
-      const out: Reply[] = verdict.changes.map((c): Reply =>
-        c.kind === "delete"
-          ? { type: "chgheader", index: c.index, name: c.name, value: "" }
-          : { type: "addheader", name: c.name, value: c.value }
-      );
-      out.push({ type: "continue" });
-      return out;
-    }
+    case "continue":
+      return changeReplies(verdict.changes);
     case "reject":
       return [{ type: "replycode", code: 550, text: `5.7.1 ${replyText(queueId, config.rejectMessage, verdict.reason)}` }];
     case "tempfail":
@@ -117,9 +142,11 @@ export class ExotaFilter implements Filter {
       certIssuer: macros.get("cert_issuer"),
       headers: this.#headers,
     };
+    const started = this.hooks.now?.();
     const finish = (verdict: Verdict): Reply[] => {
-      this.hooks.decided({ queueId, client: this.#client, verdict });
-      return verdictReplies(verdict, queueId, this.config);
+      const latencyMs = started === undefined ? undefined : this.hooks.now!() - started;
+      this.hooks.decided({ queueId, client: this.#client, verdict, latencyMs });
+      return verdictReplies(verdict, queueId, this.config, facts.headers.exotaResults);
     };
     const failed = (e: unknown): Reply[] => {
       this.hooks.failed(queueId, e);

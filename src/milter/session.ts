@@ -61,8 +61,14 @@ const NO_REPLY_FLAG: Partial<Record<CommandType, number>> = {
 export class MilterSession {
   readonly macros = new MacroStore();
   #agreement: Agreement | undefined;
+  #inMessage = false;
 
   constructor(readonly filter: Filter) {}
+
+  /** Between MAIL (or a first header) and the end of that message. */
+  get inMessage(): boolean {
+    return this.#inMessage;
+  }
 
   /** The negotiated version, actions and protocol flags, once negotiated. */
   get agreement(): Agreement | undefined {
@@ -104,8 +110,10 @@ export class MilterSession {
         // The MAIL macros arrived just before this command and stay.
         this.macros.clearAfter("M");
         this.filter.resetMessage();
+        this.#inMessage = true;
         return this.#ack("mail");
       case "header":
+        this.#inMessage = true;
         this.filter.header(cmd.name, cmd.value, this.macros);
         return this.#ack("header");
       case "eom": {
@@ -149,6 +157,7 @@ export class MilterSession {
   }
 
   #endMessage(): void {
+    this.#inMessage = false;
     this.macros.clearMessage();
     this.filter.resetMessage();
   }

@@ -260,19 +260,26 @@ export function decide(a: Analysis, config: DecisionConfig, answers: PolicyAnswe
   }
 
   // 7. forged results go, 8. ours is added
-  const changes: HeaderChange[] = [];
-  // From the last to the first, so each index still names the same header.
-  for (let i = a.exotaResults; i >= 1; i--) changes.push({ kind: "delete", name: EXOTA_HEADER, index: i });
   const x509Checked = a.x509.checked;
-  if (config.addHeader) {
-    changes.push({
-      kind: "add",
-      name: EXOTA_HEADER,
-      value: `${config.authservId};\n  auth=pass 5322_from_domain=${fromDomain} dkim=${pyBool(dkimChecked)} ` +
-        `dkim_aligned=${pyBool(dkimChecked && dkimAligned)} x509_client_trust=${pyBool(x509Checked)} forwarded=${pyBool(forwarded)}`,
-    });
-  }
+  const changes = headerChanges(
+    a.exotaResults,
+    config,
+    `auth=pass 5322_from_domain=${fromDomain} dkim=${pyBool(dkimChecked)} dkim_aligned=${pyBool(dkimChecked && dkimAligned)} ` +
+      `x509_client_trust=${pyBool(x509Checked)} forwarded=${pyBool(forwarded)}`,
+  );
   return { action: "continue", fromDomain, policyDomain, forwarded, dkimChecked, dkimAligned: dkimChecked && dkimAligned, x509Checked, changes };
+}
+
+/**
+ * Deletes the `existing` X-ExOTA-Authentication-Results headers (from the
+ * last to the first, so each index still names the same header) and, when
+ * configured, adds ours with `results` after the authserv-id.
+ */
+export function headerChanges(existing: number, config: DecisionConfig, results: string): HeaderChange[] {
+  const changes: HeaderChange[] = [];
+  for (let i = existing; i >= 1; i--) changes.push({ kind: "delete", name: EXOTA_HEADER, index: i });
+  if (config.addHeader) changes.push({ kind: "add", name: EXOTA_HEADER, value: `${config.authservId};\n  ${results}` });
+  return changes;
 }
 
 /**

@@ -50,6 +50,8 @@ export class LdapPolicyBackend {
   #lastError = "not connected yet";
   #closed = false;
   readonly #cache: AnswerCache;
+  /** Counters for metrics. */
+  readonly stats = { queries: 0, cacheHits: 0, errors: 0 };
   readonly #inFlight = new Map<string, Promise<PolicyResult>>();
   readonly #tls: { ca?: Buffer } | undefined;
 
@@ -77,7 +79,10 @@ export class LdapPolicyBackend {
 
   lookup = (domain: string): PolicyResult | Promise<PolicyResult> => {
     const cached = this.#cache.get(domain);
-    if (cached !== undefined) return cached;
+    if (cached !== undefined) {
+      this.stats.cacheHits++;
+      return cached;
+    }
     const pending = this.#inFlight.get(domain);
     if (pending !== undefined) return pending;
     const p = this.#query(domain).finally(() => this.#inFlight.delete(domain));
@@ -86,6 +91,12 @@ export class LdapPolicyBackend {
   };
 
   async #query(domain: string): Promise<PolicyResult> {
+    const result = await this.#search(domain);
+    if (result.kind === "backend_error") this.stats.errors++;
+    return result;
+  }
+
+  async #search(domain: string): Promise<PolicyResult> {
     let client = this.#client;
     if (client !== undefined && !client.isConnected) {
       // The server closed an idle connection: reconnect (TLS and bind
@@ -103,6 +114,7 @@ export class LdapPolicyBackend {
       return { kind: "backend_error", reason: `LDAP unavailable: ${this.#lastError}` };
     }
     try {
+      this.stats.queries++;
       const filter = this.config.query.replaceAll("%d", Filter.escape(domain));
       const a = this.config.attributes;
       const { searchEntries } = await client.search(this.config.searchBase, {
@@ -177,6 +189,10 @@ export class LdapPolicyBackend {
       });
     }, delay);
     this.#retryTimer.unref?.();
+  }
+
+  clearCache(): void {
+    this.#cache.clear();
   }
 
   /** Whether a bound connection is there now. */

@@ -21,12 +21,21 @@ export interface ConnectionOptions {
   readonly onClose?: () => void;
 }
 
-export function serveConnection(socket: Socket, opts: ConnectionOptions): void {
+export interface ConnectionHandle {
+  /**
+   * Closes the connection as soon as no message is in progress on it: at
+   * once when idle, else right after that message's end-of-message reply.
+   */
+  drain(): void;
+}
+
+export function serveConnection(socket: Socket, opts: ConnectionOptions): ConnectionHandle {
   const { log } = opts;
   const reader = new FrameReader(opts.maxFrame);
   const session = new MilterSession(opts.filter);
   let busy = false;
   let closed = false;
+  let draining = false;
   let pending: Reply[] = [];
 
   const flush = () => {
@@ -56,6 +65,7 @@ export function serveConnection(socket: Socket, opts: ConnectionOptions): void {
   const apply = (out: SessionOutput) => {
     for (const r of out.replies) pending.push(r);
     if (out.close !== undefined) close(out.close.error, out.close.reason);
+    else if (draining && !session.inMessage) close(false, "shutting down");
   };
 
   const process = () => {
@@ -105,4 +115,10 @@ export function serveConnection(socket: Socket, opts: ConnectionOptions): void {
     closed = true;
     opts.onClose?.();
   });
+  return {
+    drain() {
+      draining = true;
+      if (!busy && !session.inMessage) close(false, "shutting down");
+    },
+  };
 }

@@ -1,0 +1,49 @@
+/**
+ * `exota-milter explain`: the decision for a saved message, step by step,
+ * so a postmaster can answer "why was this rejected?" without a mail flow.
+ * Exit code by verdict: 0 accept, 2 reject, 3 tempfail.
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import type { Config, ExplainRequest } from "../config.ts";
+import { verdictReplies } from "../filter.ts";
+import { HeaderCollector } from "../mail/headers.ts";
+import { parseHeaderBlock } from "../mail/message.ts";
+import { analyze, resolveDecision } from "../policy/decide.ts";
+import type { PolicyLookup } from "../policy/types.ts";
+
+export const EXIT_BY_VERDICT = { continue: 0, reject: 2, tempfail: 3 } as const;
+
+export async function explain(config: Config, req: ExplainRequest, lookup: PolicyLookup, print: (line: string) => void): Promise<number> {
+  const text = readFileSync(req.messageFile, "utf8");
+  const fields = parseHeaderBlock(text);
+  const headers = new HeaderCollector();
+  for (const [name, value] of fields) headers.add(name, value);
+  print(`message: ${req.messageFile} (${fields.length} header fields)`);
+  print(`client: ${req.clientIp ?? "(none given)"}, cert_subject: ${req.certSubject ?? "(none)"}, cert_issuer: ${req.certIssuer ?? "(none)"}`);
+  const trace = (line: string) => print(`  ${line}`);
+  const fc = config.filter;
+  const facts = { clientAddress: req.clientIp, certSubject: req.certSubject, certIssuer: req.certIssuer, headers };
+  const analysis = analyze(facts, fc, trace);
+  if (!fc.x509Enabled) trace("x509: check disabled (MILTER_X509_ENABLED=false)");
+  if (!fc.dkimEnabled) trace("dkim: check disabled (MILTER_DKIM_ENABLED=false)");
+  if (!fc.tenantIdRequired) trace("tenant-id: not required (MILTER_TENANT_ID_REQUIRED=false)");
+  if (analysis.misplacedAuthResults > 0) trace(`warning: ${analysis.misplacedAuthResults} trusted Authentication-Results below a Received header ignored`);
+  const verdict = await resolveDecision(analysis, fc, lookup, trace);
+  const queueId = req.queueId ?? "NOQUEUE";
+  print(`verdict: ${verdict.action}${verdict.action === "continue" ? "" : ` (${verdict.reason})`}${fc.reportOnly && verdict.action !== "continue" ? " - report-only mode: the message would be let through" : ""}`);
+  for (const r of verdictReplies(verdict, queueId, fc, headers.exotaResults)) {
+    switch (r.type) {
+      case "replycode":
+        print(`reply: ${r.code} ${r.text}`);
+        break;
+      case "chgheader":
+        print(`header: delete ${r.name} #${r.index}`);
+        break;
+      case "addheader":
+        print(`header: add ${r.name}: ${r.value.replace(/\n/g, "\n    ")}`);
+        break;
+    }
+  }
+  return EXIT_BY_VERDICT[verdict.action];
+}

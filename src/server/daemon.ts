@@ -1,0 +1,158 @@
+/**
+ * The running milter: listeners, one session per connection, policy reload
+ * on SIGHUP and on file change, metrics, and a graceful stop on SIGTERM or
+ * SIGINT (stop accepting, let messages in flight finish up to a deadline;
+ * a second signal exits at once).
+ * @module
+ */
+import { unlinkSync } from "node:fs";
+import type { Socket } from "node:net";
+import process from "node:process";
+import type { Logger } from "@logtape/logtape";
+import type { Config } from "../config.ts";
+import { type DecisionRecord, ExotaFilter } from "../filter.ts";
+import { logger } from "../log.ts";
+import { type ConnectionHandle, serveConnection } from "./connection.ts";
+import { inheritedFds, type Listener, listenOn, listenOnFd } from "./listen.ts";
+import { Metrics, serveMetrics } from "./metrics.ts";
+import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
+
+export function logDecision(log: Logger, conn: string, r: DecisionRecord, reportOnly: boolean): void {
+  const v = r.verdict;
+  const props = { conn, qid: r.queueId, client: r.client, from_domain: v.fromDomain };
+  if (v.action === "continue") {
+    log.info("decision", {
+      ...props,
+      verdict: "continue",
+      policy_domain: v.policyDomain,
+      dkim: v.dkimChecked,
+      dkim_aligned: v.dkimAligned,
+      x509: v.x509Checked,
+      forwarded: v.forwarded,
+      removed_headers: v.changes.filter((c) => c.kind === "delete").length,
+    });
+  } else if (reportOnly) {
+    log.info("decision (report only, message let through)", { ...props, verdict: `would ${v.action}`, reason: v.reason });
+  } else {
+    log.info("decision", { ...props, verdict: v.action, reason: v.reason });
+  }
+}
+
+/** Runs until stopped; `fail` ends start-up with a message. */
+export async function runDaemon(config: Config, version: string, fail: (message: string) => never): Promise<void> {
+  const log = logger();
+  const sessionLog = logger("session");
+  const traceOn = sessionLog.isEnabledFor("debug");
+  const open = new Map<Socket, ConnectionHandle>();
+  const metrics = new Metrics({
+    connectionsOpen: () => open.size,
+    policyEntries: () => policy.entries(),
+    ldap: () => (policy instanceof LdapPolicyProvider ? policy.backend.stats : undefined),
+  });
+
+  const opened = await openPolicy(config, logger("policy"), (r) => metrics.reloaded(r.ok));
+  if (typeof opened === "string") fail(`policy: ${opened}`);
+  const policy = opened;
+  if (policy instanceof FilePolicyProvider && config.policyWatch) policy.watch();
+
+  let nextConn = 0;
+  const now = () => performance.now();
+  const onConnection = (socket: Socket, listener: string) => {
+    const conn = (++nextConn).toString();
+    if (stopping || open.size >= config.maxConnections) {
+      sessionLog.warn("refusing connection on {listener}: {why}", {
+        conn,
+        listener,
+        why: stopping ? "shutting down" : `${open.size} connections open (MILTER_MAX_CONNECTIONS)`,
+      });
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay(true);
+    metrics.connectionOpened();
+    if (traceOn) sessionLog.debug("connection accepted on {listener}", { conn, listener });
+    const filter = new ExotaFilter(config.filter, () => policy.lookup(), {
+      decided: (r) => {
+        metrics.decided(r.verdict.action, r.verdict.action === "continue" ? "" : r.verdict.reason, r.latencyMs);
+        logDecision(sessionLog, conn, r, config.filter.reportOnly);
+      },
+      failed: (qid, error) => sessionLog.error("decision failed, message tempfailed: {error}", { conn, qid, error }),
+      warn: (qid, message) => sessionLog.warn(message, { conn, qid }),
+      trace: traceOn ? (qid, line) => sessionLog.debug(line, { conn, qid }) : undefined,
+      now,
+    });
+    const handle = serveConnection(socket, {
+      connId: conn,
+      filter,
+      maxFrame: config.maxFrame,
+      idleTimeoutMs: config.idleTimeoutMs,
+      log: sessionLog,
+      onClose: () => {
+        open.delete(socket);
+        if (stopping && open.size === 0) finish("all connections closed");
+      },
+    });
+    open.set(socket, handle);
+  };
+
+  const listeners: Listener[] = [];
+  try {
+    const fds = inheritedFds(process.env, process.pid);
+    if (fds.length > 0) {
+      for (const { fd, name } of fds) listeners.push(await listenOnFd(fd, name, onConnection));
+    } else {
+      listeners.push(await listenOn(config.socket, config.socketMode, onConnection));
+    }
+    if (config.metricsListen !== undefined) {
+      const { host, port } = config.metricsListen;
+      await serveMetrics(metrics, host, port);
+      log.info("metrics on http://{address}/metrics", { address: host.includes(":") ? `[${host}]:${port}` : `${host}:${port}` });
+    }
+  } catch (e) {
+    fail(`cannot listen: ${(e as Error).message}`);
+  }
+  log.info("{name} {version} listening on {sockets}", {
+    name: config.name,
+    version,
+    sockets: listeners.map((l) => l.name).join(", "),
+    policy: policy.description,
+    report_only: config.filter.reportOnly || undefined,
+  });
+
+  process.on("SIGHUP", () => {
+    log.info("SIGHUP: reloading the policy");
+    policy.reload();
+  });
+
+  let stopping = false;
+  const finish = (why: string) => {
+    log.info("stopped: {why}", { why });
+    void policy.close();
+    process.exit(0);
+  };
+  const stop = (signal: string) => {
+    if (stopping) {
+      log.warn("{signal} again: exiting at once, {open} connection(s) dropped", { signal, open: open.size });
+      process.exit(1);
+    }
+    stopping = true;
+    log.info("{signal}: stopping, {open} connection(s) open, waiting up to {seconds} s for messages in flight", {
+      signal,
+      open: open.size,
+      seconds: config.shutdownTimeoutMs / 1000,
+    });
+    for (const l of listeners) {
+      l.server.close();
+      if (l.path !== undefined) {
+        try {
+          unlinkSync(l.path);
+        } catch { /* already gone */ }
+      }
+    }
+    if (open.size === 0) finish("no connections open");
+    for (const handle of open.values()) handle.drain();
+    setTimeout(() => finish(`deadline reached, ${open.size} connection(s) dropped`), config.shutdownTimeoutMs).unref();
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}

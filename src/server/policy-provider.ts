@@ -1,0 +1,188 @@
+/**
+ * Where the policy in force comes from: the JSON file (loaded whole,
+ * replaced whole on reload, the old one kept when the new one is invalid)
+ * or the LDAP directory. Sessions ask for the lookup at each end of message,
+ * so a message decided while a reload happens uses the policy it started with.
+ * @module
+ */
+import { readFileSync, statSync, watch, type FSWatcher } from "node:fs";
+import { basename, dirname } from "node:path";
+import type { Logger } from "@logtape/logtape";
+import type { Config } from "../config.ts";
+import { LdapConfigError, LdapPolicyBackend } from "../policy/ldap-backend.ts";
+import { mapLookup, parsePolicyFile, type PolicyMap } from "../policy/policy-file.ts";
+import type { PolicyLookup } from "../policy/types.ts";
+
+export type ReloadResult = { readonly ok: true; readonly domains: number } | { readonly ok: false; readonly error: string };
+
+export interface PolicyProvider {
+  /** The lookup in force now. */
+  lookup(): PolicyLookup;
+  /** Entries in force (file), or undefined (directory). */
+  entries(): number | undefined;
+  /** Reads the source again; keeps the old policy when the new one is invalid. */
+  reload(): ReloadResult;
+  close(): Promise<void>;
+  readonly description: string;
+}
+
+/** Reads and validates a policy file; never throws. */
+export function readPolicyFile(path: string): { ok: true; policies: PolicyMap } | { ok: false; error: string } {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    return { ok: false, error: `cannot read policy file ${path}: ${(e as Error).message}` };
+  }
+  return parsePolicyFile(text, path);
+}
+
+export class FilePolicyProvider implements PolicyProvider {
+  #lookup: PolicyLookup;
+  #entries: number;
+  #watcher: FSWatcher | undefined;
+  #debounce: ReturnType<typeof setTimeout> | undefined;
+  #stamp: string;
+  readonly description: string;
+
+  /** Throws nothing: `load` returns the start-up error instead. */
+  private constructor(readonly path: string, policies: PolicyMap, readonly log: Logger, readonly onReload: (r: ReloadResult) => void) {
+    this.#lookup = mapLookup(policies);
+    this.#entries = policies.size;
+    this.#stamp = stamp(path);
+    this.description = `file ${path}`;
+  }
+
+  static load(path: string, log: Logger, onReload: (r: ReloadResult) => void = () => {}): FilePolicyProvider | string {
+    const r = readPolicyFile(path);
+    return r.ok ? new FilePolicyProvider(path, r.policies, log, onReload) : r.error;
+  }
+
+  lookup(): PolicyLookup {
+    return this.#lookup;
+  }
+
+  entries(): number {
+    return this.#entries;
+  }
+
+  reload(): ReloadResult {
+    const r = readPolicyFile(this.path);
+    this.#stamp = stamp(this.path);
+    let result: ReloadResult;
+    if (r.ok) {
+      this.#lookup = mapLookup(r.policies);
+      this.#entries = r.policies.size;
+      this.log.info("policy reloaded from {file}: {domains} domain(s)", { file: this.path, domains: r.policies.size });
+      result = { ok: true, domains: r.policies.size };
+    } else {
+      this.log.error("policy reload refused, the old policy stays in force: {error}", { error: r.error });
+      result = { ok: false, error: r.error };
+    }
+    this.onReload(result);
+    return result;
+  }
+
+  /**
+   * Reloads when the file changes. Watches the directory, so an editor's or
+   * config management's atomic replace (write elsewhere, rename over) is seen;
+   * events are debounced and a reload happens only when the file really changed.
+   */
+  watch(debounceMs = 300): void {
+    const name = basename(this.path);
+    this.#watcher = watch(dirname(this.path), (_event, file) => {
+      if (file !== null && file !== name) return;
+      if (this.#debounce !== undefined) clearTimeout(this.#debounce);
+      this.#debounce = setTimeout(() => {
+        this.#debounce = undefined;
+        if (stamp(this.path) !== this.#stamp) this.reload();
+      }, debounceMs);
+    });
+    this.#watcher.on("error", (e) => this.log.warn("cannot watch {file}: {error}", { file: this.path, error: e.message }));
+  }
+
+  close(): Promise<void> {
+    this.#watcher?.close();
+    if (this.#debounce !== undefined) clearTimeout(this.#debounce);
+    return Promise.resolve();
+  }
+}
+
+/** What identifies a version of the file, without reading it. */
+function stamp(path: string): string {
+  try {
+    const s = statSync(path);
+    return `${s.ino}:${s.size}:${s.mtimeMs}`;
+  } catch {
+    return "missing";
+  }
+}
+
+export class LdapPolicyProvider implements PolicyProvider {
+  readonly description: string;
+
+  constructor(readonly backend: LdapPolicyBackend) {
+    this.description = `ldap ${backend.config.uris.join(" ")}`;
+  }
+
+  lookup(): PolicyLookup {
+    return this.backend.lookup;
+  }
+
+  entries(): undefined {
+    return undefined;
+  }
+
+  /** A directory has no file to read again: drop cached answers instead. */
+  reload(): ReloadResult {
+    this.backend.clearCache();
+    return { ok: true, domains: 0 };
+  }
+
+  close(): Promise<void> {
+    return this.backend.close();
+  }
+}
+
+/** The LDAP password, from the setting or its file. */
+export function ldapPassword(config: NonNullable<Config["ldap"]>): { ok: true; value: string } | { ok: false; error: string } {
+  if (config.bindPasswordFile === "") return { ok: true, value: config.bindPassword };
+  try {
+    return { ok: true, value: readFileSync(config.bindPasswordFile, "utf8").replace(/\r?\n$/, "") };
+  } catch (e) {
+    return { ok: false, error: `cannot read MILTER_LDAP_BINDPW_FILE ${config.bindPasswordFile}: ${(e as Error).message}` };
+  }
+}
+
+/**
+ * Opens the configured policy source. A start-up problem (unreadable or
+ * invalid file, wrong LDAP credentials) is returned as text; an LDAP server
+ * that does not answer yet is not one (mail is tempfailed until it does).
+ */
+export async function openPolicy(
+  config: Config,
+  log: Logger,
+  onReload: (r: ReloadResult) => void = () => {},
+): Promise<PolicyProvider | string> {
+  if (config.ldap === undefined) {
+    const p = FilePolicyProvider.load(config.policyFile, log, onReload);
+    if (typeof p === "string") return p;
+    log.info("policy loaded from {file}: {domains} domain(s)", { file: config.policyFile, domains: p.entries() });
+    return p;
+  }
+  const password = ldapPassword(config.ldap);
+  if (!password.ok) return password.error;
+  let backend: LdapPolicyBackend;
+  try {
+    backend = new LdapPolicyBackend({ ...config.ldap, bindPassword: password.value }, log);
+  } catch (e) {
+    return `cannot read MILTER_LDAP_CA_FILE ${config.ldap.caFile}: ${(e as Error).message}`;
+  }
+  try {
+    await backend.start();
+  } catch (e) {
+    if (e instanceof LdapConfigError) return e.message;
+    throw e;
+  }
+  return new LdapPolicyProvider(backend);
+}
