@@ -60,10 +60,10 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   const onConnection = (socket: Socket, listener: string) => {
     const conn = (++nextConn).toString();
     if (stopping || open.size >= config.maxConnections) {
-      sessionLog.warn("refusing connection on {listener}: {why}", {
+      sessionLog.warn("refusing connection on {listener}", {
         conn,
         listener,
-        why: stopping ? "shutting down" : `${open.size} connections open (MILTER_MAX_CONNECTIONS)`,
+        reason: stopping ? "shutting down" : `${open.size} connections open (MILTER_MAX_CONNECTIONS)`,
       });
       socket.destroy();
       return;
