@@ -3,6 +3,7 @@
 #   miltertest   the milter client from OpenDKIM, driven by Lua scripts
 #   python3      plays systemd for the socket-activation tests
 #   slapd, ldap-utils   a throwaway OpenLDAP server for the LDAP backend tests
+#   systemd, procps     systemd-analyze verify for the unit files; kill for ExecReload
 # Run as root (or with sudo) on Debian 12.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -12,7 +13,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # slapd must not ask for a directory of its own: the tests start their own.
 echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
-packages=(miltertest python3 slapd ldap-utils)
+packages=(miltertest python3 slapd ldap-utils systemd procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
