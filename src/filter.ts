@@ -85,7 +85,10 @@ function changeReplies(changes: readonly HeaderChange[]): Reply[] {
  */
 export function verdictReplies(verdict: Verdict, queueId: string, config: FilterConfig, existingResults: number): Reply[] {
   if (verdict.action !== "continue" && config.reportOnly) {
-    const results = `auth=fail report_only=True would=${verdict.action} reason="${verdict.reason.replaceAll('"', "'")}"` +
+    // The reason may quote the client's certificate CN: no quotes, no line breaks into the header.
+    // deno-lint-ignore no-control-regex
+    const reason = verdict.reason.replaceAll('"', "'").replace(/[\x00-\x1f\x7f]/g, " ");
+    const results = `auth=fail report_only=True would=${verdict.action} reason="${reason}"` +
       ` 5322_from_domain=${verdict.fromDomain ?? "unknown"}`;
     return changeReplies(headerChanges(existingResults, config, results));
   }
@@ -122,6 +125,8 @@ export class ExotaFilter implements Filter {
     const h = this.#headers;
     if (h.count >= this.config.maxHeaders || h.bytes + name.length + value.length > this.config.maxHeaderBytes) {
       this.#overflow = true;
+      // Still counted: report-only mode removes forged results past the limit too.
+      if (name.toLowerCase() === "x-exota-authentication-results") h.exotaResults++;
       return;
     }
     h.add(name, value);
