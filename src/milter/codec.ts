@@ -75,7 +75,7 @@ export class FrameReader {
   next(): Decoded<Frame> | undefined {
     if (this.#failed !== undefined) return fail(this.#failed);
     const avail = this.#end - this.#start;
-    if (avail < 4) return undefined;
+    if (avail < 4) return this.#keepPending();
     const b = this.#buf;
     const s = this.#start;
     const len = ((b[s]! << 24) >>> 0) + (b[s + 1]! << 16) + (b[s + 2]! << 8) + b[s + 3]!;
@@ -83,18 +83,29 @@ export class FrameReader {
     if (len > this.maxFrame) {
       return fail(this.#failed = `frame length ${len} exceeds the limit of ${this.maxFrame} bytes`);
     }
-    if (avail < 4 + len) return undefined;
+    if (avail < 4 + len) return this.#keepPending();
     const frame = { code: b[s + 4]!, payload: b.subarray(s + 5, s + 4 + len) };
     this.#start = s + 4 + len;
     if (this.#start === this.#end) {
       this.#start = this.#end = 0;
-      // Keep a small buffer for reuse; drop borrowed chunks and big buffers.
-      if (!this.#owned || b.length > 65536) {
-        this.#buf = EMPTY;
-        this.#owned = false;
-      }
+      this.#buf = EMPTY;
+      this.#owned = false;
     }
     return ok(frame);
+  }
+
+  /**
+   * An incomplete frame waits for more bytes: copy it out of a borrowed
+   * chunk, since a runtime may reuse its read buffer after the callback.
+   */
+  #keepPending(): undefined {
+    if (!this.#owned && this.#end > this.#start) {
+      this.#buf = this.#buf.slice(this.#start, this.#end);
+      this.#owned = true;
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    return undefined;
   }
 }
 

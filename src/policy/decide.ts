@@ -186,7 +186,9 @@ const pyBool = (b: boolean) => (b ? "True" : "False");
 
 /** One step of the decision flow; call again with the requested policy answered. */
 export function decide(a: Analysis, config: DecisionConfig, answers: PolicyAnswers, trace?: Trace): Step {
-  const reject = (reason: string, fromDomain?: string): Verdict => ({ action: "reject", reason, fromDomain });
+  // Steps before the From step still name the From domain when it is known, for logs.
+  const knownFrom = a.from.ok ? a.from.domain : undefined;
+  const reject = (reason: string, fromDomain = knownFrom): Verdict => ({ action: "reject", reason, fromDomain });
   const tempfail = (reason: string, fromDomain?: string): Verdict => ({ action: "tempfail", reason, fromDomain });
 
   // 1. client certificate

@@ -330,6 +330,21 @@ describe("encodeReply / decodeReply", () => {
 });
 
 describe("FrameReader", () => {
+  it("an incomplete frame survives the runtime reusing its read buffer", () => {
+    const frame = encodeCommand({ type: "header", name: "From", value: "a@tenant.example" });
+    const readBuffer = new Uint8Array(64);
+    const r = new FrameReader();
+    readBuffer.set(frame.subarray(0, 7));
+    r.push(readBuffer.subarray(0, 7));
+    assert.equal(r.next(), undefined);
+    readBuffer.fill(0xee); // the runtime writes the next read into the same memory
+    readBuffer.set(frame.subarray(7));
+    r.push(readBuffer.subarray(0, frame.length - 7));
+    const f = r.next();
+    assert.ok(f?.ok);
+    assert.deepEqual(decodeCommand(f.value.code, f.value.payload), { ok: true, value: { type: "header", name: "From", value: "a@tenant.example" } });
+  });
+
   const stream = concat(SAMPLE_COMMANDS.map(encodeCommand));
 
   it("several frames in one push", () => {

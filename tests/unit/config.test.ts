@@ -376,7 +376,7 @@ describe("socket specs", () => {
   for (const [spec, why] of bad) {
     it(`bad: ${JSON.stringify(spec)}`, () => {
       assert.deepEqual(parseSocketSpec(spec), { ok: false, error: why });
-      assert.equal(error([], { MILTER_SOCKET: spec }), `MILTER_SOCKET=${JSON.stringify(spec)} is not valid: expected ${SOCKET_ACCEPTED}`);
+      assert.equal(error([], { MILTER_SOCKET: spec }), `MILTER_SOCKET=${JSON.stringify(spec)} is not valid (${why}): expected ${SOCKET_ACCEPTED}`);
     });
   }
 
@@ -404,7 +404,8 @@ describe("x509 allow-list", () => {
     it(`invalid: ${bad}`, () => {
       assert.equal(
         error([], { MILTER_X509_IP_WHITELIST: `127.0.0.1, ${bad}` }),
-        `MILTER_X509_IP_WHITELIST=${JSON.stringify(`127.0.0.1, ${bad}`)} is not valid: expected IPv4/IPv6 addresses or CIDR ranges, separated by commas or spaces`,
+        `MILTER_X509_IP_WHITELIST=${JSON.stringify(`127.0.0.1, ${bad}`)} is not valid ("${bad}" is no address or range): ` +
+          "expected IPv4/IPv6 addresses or CIDR ranges, separated by commas or spaces",
       );
     });
   }

@@ -621,9 +621,14 @@ describe("report-only mode", () => {
     assert.deepEqual(ro.replies, normal.replies);
   });
 
-  it("quotes in the reason become apostrophes (x509 fails before From is read: domain unknown)", async () => {
+  it("quotes in the reason become apostrophes; the From domain is named even when x509 fails first", async () => {
     const o = await run({ config: { ...RO, x509Enabled: true }, cert: 'evil"cn', headers: msg() });
-    assert.deepEqual(o.replies, [would("reject", "Untrusted x509 client CN: evil'cn", "unknown"), { type: "continue" }]);
+    assert.deepEqual(o.replies, [would("reject", "Untrusted x509 client CN: evil'cn", "tenant.example"), { type: "continue" }]);
+  });
+
+  it("the From domain is unknown when the From header is missing", async () => {
+    const o = await run({ config: { ...RO, x509Enabled: true }, cert: "evil", headers: [] });
+    assert.deepEqual(o.replies, [would("reject", "Untrusted x509 client CN: evil", "unknown"), { type: "continue" }]);
   });
 
   it("control characters from the certificate cannot inject header lines", async () => {
