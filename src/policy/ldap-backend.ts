@@ -115,7 +115,9 @@ export class LdapPolicyBackend {
     }
     try {
       this.stats.queries++;
-      const filter = this.config.query.replaceAll("%d", Filter.escape(domain));
+      // A replacer function: a replacement string would expand `$'`, `$&`... in the domain.
+      const escaped = Filter.escape(domain);
+      const filter = this.config.query.replaceAll("%d", () => escaped);
       const a = this.config.attributes;
       const { searchEntries } = await client.search(this.config.searchBase, {
         scope: "sub",
@@ -127,8 +129,6 @@ export class LdapPolicyBackend {
       this.#cache.set(domain, result);
       return result;
     } catch (e) {
-      // sizeLimitExceeded: more than one entry for the domain.
-      if ((e as { code?: number }).code === 0x04) return { kind: "invalid", reason: `more than one directory entry for ${domain}` };
       this.log.error("LDAP search for {domain} failed: {error}", { domain, error: describe(e) });
       this.#broken(e);
       return { kind: "backend_error", reason: describe(e) };
@@ -214,9 +214,25 @@ function isConfigError(e: unknown): boolean {
   return typeof code === "number" && CONFIG_CODES.has(code);
 }
 
+/** Names of LDAP result codes: ldapts's message is only the server's text, often empty. */
+const RESULT_NAMES: Readonly<Record<number, string>> = {
+  0x20: "no such object",
+  0x22: "invalid DN syntax",
+  0x30: "inappropriate authentication",
+  0x31: "invalid credentials",
+  0x32: "insufficient access rights",
+  0x33: "busy",
+  0x34: "unavailable",
+};
+
 function describe(e: unknown): string {
   if (e instanceof Error) {
     const code = (e as { code?: unknown }).code;
+    if (typeof code === "number") {
+      const text = e.message.replace(/\s*Code: 0x[0-9a-f]+$/i, "").trim();
+      const name = RESULT_NAMES[code] ?? "LDAP error";
+      return `${name}${text === "" ? "" : `: ${text}`} (code ${code})`;
+    }
     return code !== undefined ? `${e.message} (code ${String(code)})` : e.message;
   }
   return String(e);

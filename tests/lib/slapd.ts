@@ -22,6 +22,7 @@ export interface Slapd {
   /** Adds entries (LDIF) while the server runs. */
   add(ldif: string): void;
   stop(): Promise<void>;
+  /** Starts it again on the same port; does nothing while it runs. */
   start(): Promise<void>;
   /** Stops and removes everything. */
   destroy(): Promise<void>;
@@ -80,6 +81,8 @@ export async function startSlapd(extraLdif = ""): Promise<Slapd> {
   let child: ChildProcess | undefined;
   const url = `ldap://127.0.0.1:${port}`;
   const start = async () => {
+    // Already running: a second slapd could not bind the port, and the handle would lose the first.
+    if (child !== undefined && child.exitCode === null && child.signalCode === null) return;
     child = spawn(SLAPD, ["-f", conf, "-h", `${url}/`, "-d", "0"], { stdio: "ignore" });
     await waitForPort(port);
   };
