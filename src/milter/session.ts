@@ -46,7 +46,7 @@ const OUT_CONTINUE: SessionOutput = { replies: CONTINUE };
 const OUT_NONE: SessionOutput = { replies: NONE };
 
 /** The no-reply flag of each command that normally gets a reply. */
-const NO_REPLY_FLAG: Partial<Record<CommandType, number>> = {
+export const NO_REPLY_FLAG: Partial<Record<CommandType, number>> = {
   connect: Proto.NR_CONN,
   helo: Proto.NR_HELO,
   mail: Proto.NR_MAIL,

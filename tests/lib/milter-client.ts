@@ -11,6 +11,7 @@
 import { connect as netConnect, type Socket } from "node:net";
 import { decodeReply, encodeCommand, type Frame, FrameReader } from "../../src/milter/codec.ts";
 import { Action, MacroStage, Proto } from "../../src/milter/protocol.ts";
+import { NO_REPLY_FLAG } from "../../src/milter/session.ts";
 import type { Command, CommandType, Family, MacroCommandLetter, MacroRequest, Reply } from "../../src/milter/types.ts";
 
 /** What Postfix offers in option negotiation (milter_protocol = 6). */
@@ -68,19 +69,6 @@ const SKIP_FLAG: Partial<Record<CommandType, number>> = {
   eoh: Proto.NOEOH,
   body: Proto.NOBODY,
   unknown: Proto.NOUNKNOWN,
-};
-
-/** The NR_* flag under which a command gets no reply. */
-const NO_REPLY_FLAG: Partial<Record<CommandType, number>> = {
-  connect: Proto.NR_CONN,
-  helo: Proto.NR_HELO,
-  mail: Proto.NR_MAIL,
-  rcpt: Proto.NR_RCPT,
-  data: Proto.NR_DATA,
-  header: Proto.NR_HDR,
-  eoh: Proto.NR_EOH,
-  body: Proto.NR_BODY,
-  unknown: Proto.NR_UNKN,
 };
 
 /** Commands that never get a reply, whatever was negotiated. */
