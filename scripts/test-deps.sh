@@ -4,6 +4,11 @@
 #   python3      plays systemd for the socket-activation tests
 #   slapd, ldap-utils   a throwaway OpenLDAP server for the LDAP backend tests
 #   systemd, procps     systemd-analyze verify for the unit files; kill for ExecReload
+#   postfix      the MTA of the end-to-end chain (a private instance in a temp folder)
+#   opendkim     milter 1 of that chain: DKIM verify, keys from a file
+#   swaks, libnet-ssleay-perl   the SMTP client playing Exchange Online (STARTTLS, client certificate)
+#   python3-dkim   dkimsign, to sign the test messages
+#   openssl      throwaway CA, certificates and DKIM keys
 # Run as root (or with sudo) on Debian 12.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,7 +18,9 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # slapd must not ask for a directory of its own: the tests start their own.
 echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
-packages=(miltertest python3 slapd ldap-utils systemd procps)
+# Nor postfix: the e2e tests run their own instance, /etc/postfix stays unconfigured.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+packages=(miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,7 +15,13 @@ import type { PolicyLookup } from "../policy/types.ts";
 export const EXIT_BY_VERDICT = { continue: 0, reject: 2, tempfail: 3 } as const;
 
 export async function explain(config: Config, req: ExplainRequest, lookup: PolicyLookup, print: (line: string) => void): Promise<number> {
-  const text = readFileSync(req.messageFile, "utf8");
+  let text: string;
+  try {
+    text = readFileSync(req.messageFile, "utf8");
+  } catch (e) {
+    // Not every error names the file (EISDIR does not).
+    throw new Error(`cannot read message file ${req.messageFile}: ${(e as Error).message}`);
+  }
   const fields = parseHeaderBlock(text);
   const headers = new HeaderCollector();
   for (const [name, value] of fields) headers.add(name, value);
