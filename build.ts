@@ -11,7 +11,9 @@ const git = (await $`git describe --always --dirty --abbrev=10`.nothrow().quiet(
 const version = git === "" ? pkg.version : `${pkg.version}+${git}`;
 
 const args = [
-  "build", "src/main.ts", "--compile", "--bytecode", "--format=esm", "--minify-syntax", "--minify-whitespace",
+  // --splitting: modules imported dynamically (the LDAP client, node:http for
+  // metrics) stay out of start-up unless configured: ~12 MB less memory.
+  "build", "src/main.ts", "--compile", "--splitting", "--bytecode", "--format=esm", "--minify-syntax", "--minify-whitespace",
   // A daemon must not pick up .env or bunfig.toml from its working directory.
   "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig",
   "--define", `EXOTA_VERSION=${JSON.stringify(version)}`,

@@ -5,6 +5,7 @@
  */
 import { normalizeDomain } from "../mail/address.ts";
 import { readEntries } from "./json-entries.ts";
+import { FastPolicyReader } from "./policy-fast.ts";
 import { validateEntry } from "./schema.ts";
 import type { Policy, PolicyResult } from "./types.ts";
 
@@ -35,6 +36,36 @@ export function parsePolicyFile(text: string, fileName: string): PolicyFileResul
     policies.set(domain, r.policy);
   }
   return { ok: true, policies };
+}
+
+const utf8 = new TextDecoder("utf-8");
+
+/**
+ * Parses the bytes of a policy file (UTF-8): the fast path for the common
+ * shape, else the general reader, which names the problem with its line.
+ */
+export function parsePolicyBytes(bytes: Uint8Array, fileName: string): PolicyFileResult {
+  const fast = new FastPolicyReader(bytes);
+  fast.step();
+  if (!fast.gaveUp) return { ok: true, policies: fast.policies };
+  return parsePolicyFile(utf8.decode(bytes), fileName);
+}
+
+/**
+ * {@link parsePolicyBytes} in slices: `pause()` is asked between slices of
+ * 1024 domains; when it says so, `yieldNow()` lets other work run. Only the
+ * fast path is sliced (the general reader runs for files it gives up on).
+ */
+export async function parsePolicyBytesSliced(
+  bytes: Uint8Array,
+  fileName: string,
+  pause: () => boolean,
+  yieldNow: () => Promise<void>,
+): Promise<PolicyFileResult> {
+  const fast = new FastPolicyReader(bytes);
+  while (!fast.step(pause)) await yieldNow();
+  if (!fast.gaveUp) return { ok: true, policies: fast.policies };
+  return parsePolicyFile(utf8.decode(bytes), fileName);
 }
 
 /** A lookup over a policy map; a map answers at once, never with an error. */

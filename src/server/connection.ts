@@ -5,11 +5,11 @@
  * bytes stay buffered in the frame reader.
  * @module
  */
-import type { Socket } from "node:net";
 import type { Logger } from "@logtape/logtape";
 import { decodeCommand, encodeReplies, FrameReader } from "../milter/codec.ts";
 import { type Filter, MilterSession, type SessionOutput } from "../milter/session.ts";
 import type { Reply } from "../milter/types.ts";
+import type { MilterSocket, SocketEvents } from "./listen.ts";
 
 export interface ConnectionOptions {
   readonly connId: string;
@@ -29,37 +29,104 @@ export interface ConnectionHandle {
   drain(): void;
 }
 
-export function serveConnection(socket: Socket, opts: ConnectionOptions): ConnectionHandle {
+/** A connection: the receiver of its socket's events, and the handle to drain it. */
+export interface Connection extends ConnectionHandle, SocketEvents {}
+
+/** How long a connection we closed may wait for the MTA to close its side. */
+const CLOSE_GRACE_MS = 5000;
+
+/** Per connection, what the idle sweep looks at. */
+interface Watched {
+  check(now: number): void;
+}
+
+/**
+ * One timer checks every connection for idleness (a timer per connection,
+ * re-armed on every read, would cost more than the reads).
+ */
+class IdleSweep {
+  readonly #watched = new Set<Watched>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(readonly everyMs: number) {}
+
+  add(w: Watched): void {
+    this.#watched.add(w);
+    if (this.#timer === undefined) {
+      this.#timer = setInterval(() => {
+        const now = performance.now();
+        for (const x of this.#watched) x.check(now);
+      }, this.everyMs);
+      this.#timer.unref?.();
+    }
+  }
+
+  delete(w: Watched): void {
+    this.#watched.delete(w);
+    if (this.#watched.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+}
+
+const sweeps = new Map<number, IdleSweep>();
+
+/** The sweep for a timeout: it closes an idle connection at most 1/8 of the timeout (or 1 s) late. */
+function sweepFor(idleTimeoutMs: number): IdleSweep {
+  const every = Math.max(25, Math.min(1000, Math.floor(idleTimeoutMs / 8)));
+  let sweep = sweeps.get(every);
+  if (sweep === undefined) sweeps.set(every, sweep = new IdleSweep(every));
+  return sweep;
+}
+
+export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): Connection {
   const { log } = opts;
   const reader = new FrameReader(opts.maxFrame);
   const session = new MilterSession(opts.filter);
   let busy = false;
   let closed = false;
+  let gone = false;
   let draining = false;
   let pending: Reply[] = [];
+  /** Reply bytes the kernel did not take yet; reading is paused meanwhile. */
+  let unsent: Uint8Array | undefined;
+  let lastRead = performance.now();
+  let closedAt = 0;
+  const sweep = sweepFor(opts.idleTimeoutMs);
+
+  const send = (bytes: Uint8Array) => {
+    if (unsent !== undefined) {
+      const all = new Uint8Array(unsent.length + bytes.length);
+      all.set(unsent);
+      all.set(bytes, unsent.length);
+      unsent = all;
+      return;
+    }
+    const n = socket.write(bytes);
+    if (n >= 0 && n < bytes.length) {
+      // Back-pressure: read no more until the MTA has taken our replies.
+      unsent = bytes.subarray(n);
+      socket.pause();
+    }
+  };
 
   const flush = () => {
     if (pending.length === 0 || closed) return;
     const bytes = encodeReplies(pending);
     pending = [];
-    // Back-pressure: stop reading until the MTA has taken our replies.
-    if (!socket.write(bytes)) {
-      socket.pause();
-      socket.once("drain", () => socket.resume());
-    }
+    send(bytes);
   };
 
   const close = (error: boolean, reason: string) => {
     if (closed) return;
     flush();
     closed = true;
-    if (error) {
-      log.warn("closing connection: {reason}", { conn: opts.connId, reason });
-      socket.destroy();
-    } else {
-      log.debug("connection closed: {reason}", { conn: opts.connId, reason });
-      socket.end();
-    }
+    closedAt = performance.now();
+    if (error) log.warn("closing connection: {reason}", { conn: opts.connId, reason });
+    else log.debug("connection closed: {reason}", { conn: opts.connId, reason });
+    // FIN once the replies are out (see writable); the MTA closes its side in turn.
+    if (unsent === undefined) socket.end();
   };
 
   const apply = (out: SessionOutput) => {
@@ -100,22 +167,52 @@ export function serveConnection(socket: Socket, opts: ConnectionOptions): Connec
     flush();
   };
 
-  socket.on("data", (chunk: Uint8Array) => {
-    if (closed) return;
-    reader.push(chunk);
-    process();
-  });
-  socket.setTimeout(opts.idleTimeoutMs, () => close(true, `idle for ${opts.idleTimeoutMs / 1000} s`));
-  socket.on("error", (e: Error) => log.debug("socket error: {error}", { conn: opts.connId, error: e.message }));
-  socket.on("close", () => {
-    // An MTA that hangs up in the middle of a frame is broken or not an MTA: worth a log line.
-    if (!closed && !busy && reader.buffered > 0) {
-      log.warn("connection closed by the MTA in the middle of a frame ({bytes} bytes pending)", { conn: opts.connId, bytes: reader.buffered });
-    }
-    closed = true;
-    opts.onClose?.();
-  });
+  const watched: Watched = {
+    check(now) {
+      if (gone) return;
+      if (closed) {
+        // We closed, the MTA does not: do not keep the socket forever.
+        if (now - closedAt > CLOSE_GRACE_MS) socket.terminate();
+      } else if (now - lastRead >= opts.idleTimeoutMs) {
+        close(true, `idle for ${opts.idleTimeoutMs / 1000} s`);
+      }
+    },
+  };
+  sweep.add(watched);
+
   return {
+    data(chunk: Uint8Array) {
+      if (closed) return;
+      lastRead = performance.now();
+      reader.push(chunk);
+      process();
+    },
+    writable() {
+      const rest = unsent;
+      if (rest === undefined) return;
+      unsent = undefined;
+      const n = socket.write(rest);
+      if (n >= 0 && n < rest.length) {
+        unsent = rest.subarray(n);
+        return;
+      }
+      if (closed) socket.end();
+      else socket.resume();
+    },
+    error(e: Error) {
+      log.debug("socket error: {error}", { conn: opts.connId, error: e.message });
+    },
+    close() {
+      if (gone) return;
+      gone = true;
+      sweep.delete(watched);
+      // An MTA that hangs up in the middle of a frame is broken or not an MTA: worth a log line.
+      if (!closed && !busy && reader.buffered > 0) {
+        log.warn("connection closed by the MTA in the middle of a frame ({bytes} bytes pending)", { conn: opts.connId, bytes: reader.buffered });
+      }
+      closed = true;
+      opts.onClose?.();
+    },
     drain() {
       draining = true;
       if (!busy && !session.inMessage) close(false, "shutting down");

@@ -6,14 +6,13 @@
  * @module
  */
 import { unlinkSync } from "node:fs";
-import type { Socket } from "node:net";
 import process from "node:process";
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
 import { type DecisionRecord, ExotaFilter } from "../filter.ts";
 import { logger } from "../log.ts";
 import { type ConnectionHandle, serveConnection } from "./connection.ts";
-import { inheritedFds, type Listener, listenOn, listenOnFd } from "./listen.ts";
+import { inheritedFds, type Listener, listenOn, listenOnFd, type MilterSocket, type SocketEvents } from "./listen.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
 
@@ -43,7 +42,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   const log = logger();
   const sessionLog = logger("session");
   const traceOn = sessionLog.isEnabledFor("debug");
-  const open = new Map<Socket, ConnectionHandle>();
+  const open = new Map<MilterSocket, ConnectionHandle>();
   const metrics = new Metrics({
     connectionsOpen: () => open.size,
     policyEntries: () => policy.entries(),
@@ -57,7 +56,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
 
   let nextConn = 0;
   const now = () => performance.now();
-  const onConnection = (socket: Socket, listener: string) => {
+  const onConnection = (socket: MilterSocket, listener: string, tcp: boolean): SocketEvents | undefined => {
     const conn = (++nextConn).toString();
     if (stopping || open.size >= config.maxConnections) {
       sessionLog.warn("refusing connection on {listener}", {
@@ -65,10 +64,9 @@ export async function runDaemon(config: Config, version: string, fail: (message:
         listener,
         reason: stopping ? "shutting down" : `${open.size} connections open (MILTER_MAX_CONNECTIONS)`,
       });
-      socket.destroy();
-      return;
+      socket.end();
+      return undefined;
     }
-    socket.setNoDelay(true);
     metrics.connectionOpened();
     if (traceOn) sessionLog.debug("connection accepted on {listener}", { conn, listener });
     const filter = new ExotaFilter(config.filter, () => policy.lookup(), {
@@ -80,7 +78,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
       warn: (qid, message) => sessionLog.warn(message, { conn, qid }),
       trace: traceOn ? (qid, line) => sessionLog.debug(line, { conn, qid }) : undefined,
       now,
-    });
+    }, tcp);
     const handle = serveConnection(socket, {
       connId: conn,
       filter,
@@ -93,6 +91,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
       },
     });
     open.set(socket, handle);
+    return handle;
   };
 
   const listeners: Listener[] = [];
@@ -111,14 +110,6 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   } catch (e) {
     fail(`cannot listen: ${(e as Error).message}`);
   }
-  log.info("{name} {version} listening on {sockets}", {
-    name: config.name,
-    version,
-    sockets: listeners.map((l) => l.name).join(", "),
-    policy: policy.description,
-    report_only: config.filter.reportOnly || undefined,
-  });
-
   process.on("SIGHUP", () => {
     log.info("SIGHUP: reloading the policy");
     policy.reload();
@@ -142,7 +133,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
       seconds: config.shutdownTimeoutMs / 1000,
     });
     for (const l of listeners) {
-      l.server.close();
+      l.close();
       if (l.path !== undefined) {
         try {
           unlinkSync(l.path);
@@ -155,4 +146,13 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Announce readiness only once the signal handlers are in place: a signal
+  // sent on the "listening" line must not hit the default action (exit).
+  log.info("{name} {version} listening on {sockets}", {
+    name: config.name,
+    version,
+    sockets: listeners.map((l) => l.name).join(", "),
+    policy: policy.description,
+    report_only: config.filter.reportOnly || undefined,
+  });
 }

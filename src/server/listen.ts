@@ -1,21 +1,86 @@
 /**
  * Listening sockets: TCP, unix (a stale socket file is replaced, the mode
  * set) and sockets inherited from systemd (LISTEN_FDS), which win.
+ *
+ * Bun.listen rather than node:net: ~30% less CPU per request and a lighter
+ * socket object per connection (DESIGN.md section 6). Its `write` may take
+ * only part of the bytes; the connection queues the rest until `drain`.
  * @module
  */
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
-import net from "node:net";
 import { formatSocketSpec, type SocketSpec } from "./socket-spec.ts";
 
 export interface Listener {
-  readonly server: net.Server;
   /** What it listens on, for logs. */
   readonly name: string;
   /** A socket file to remove at shutdown. */
   readonly path?: string;
+  /** Stops accepting; open connections stay. */
+  close(): void;
 }
 
-export type ConnectionHandler = (socket: net.Socket, listener: string) => void;
+/** What a milter connection needs of its socket (a subset of Bun's Socket). */
+export interface MilterSocket {
+  /** Writes what the kernel takes now: the byte count, -1 when closed. */
+  write(data: Uint8Array): number;
+  /** Closes gracefully (FIN) once written bytes are sent. */
+  end(): void;
+  /** Closes at once (RST). */
+  terminate(): void;
+  /** Stops / restarts reading from the peer. */
+  pause(): void;
+  resume(): void;
+  /** The peer's IP address; undefined on a unix socket. */
+  readonly remoteAddress: string | undefined;
+}
+
+/** Socket events, delivered to what the connection handler returned. */
+export interface SocketEvents {
+  data(chunk: Uint8Array): void;
+  /** The kernel takes bytes again after a partial write. */
+  writable(): void;
+  close(): void;
+  error(e: Error): void;
+}
+
+/**
+ * Called for each accepted socket; `tcp` is false for unix sockets. Returns
+ * the receiver of the socket's events, or undefined after closing it.
+ */
+export type ConnectionHandler = (socket: MilterSocket, listener: string, tcp: boolean) => SocketEvents | undefined;
+
+type Handler = import("bun").SocketHandler<SocketEvents | undefined>;
+
+function handler(name: string, onConnection: ConnectionHandler): Handler {
+  return {
+    binaryType: "uint8array",
+    open(s) {
+      s.data = onConnection(s as unknown as MilterSocket, name, s.remoteAddress !== undefined && s.remoteAddress !== "");
+    },
+    // binaryType "uint8array": plain views, no Buffer objects.
+    data(s, chunk: Uint8Array) {
+      s.data?.data(chunk);
+    },
+    drain(s) {
+      s.data?.writable();
+    },
+    close(s) {
+      const events = s.data;
+      s.data = undefined;
+      events?.close();
+    },
+    error(s, e) {
+      s.data?.error(e);
+    },
+  };
+}
+
+/** "Failed to listen at HOST EADDRINUSE" -> with the code spelt out. */
+function listenError(e: unknown, where: string): Error {
+  const code = (e as { code?: string }).code;
+  const text = code === "EADDRINUSE" ? "address already in use" : code === "EACCES" ? "permission denied" : (e as Error).message;
+  return new Error(`${where}: ${code !== undefined && !text.includes(code) ? `${code}: ` : ""}${text}`);
+}
 
 /** File descriptors passed by systemd socket activation, with their names. */
 export function inheritedFds(env: Readonly<Record<string, string | undefined>>, pid: number): Array<{ fd: number; name: string }> {
@@ -25,26 +90,15 @@ export function inheritedFds(env: Readonly<Record<string, string | undefined>>, 
   return Array.from({ length: count }, (_, i) => ({ fd: 3 + i, name: names[i] || `fd${3 + i}` }));
 }
 
-function listening(server: net.Server, options: net.ListenOptions): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-}
-
 /** Resolves true when something accepts connections on the unix socket. */
-function inUse(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ path });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
+async function inUse(path: string): Promise<boolean> {
+  try {
+    const s = await Bun.connect({ unix: path, socket: { data() {}, connectError() {} } });
+    s.end();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function removeStaleSocket(path: string): Promise<void> {
@@ -61,20 +115,38 @@ async function removeStaleSocket(path: string): Promise<void> {
 
 export async function listenOn(spec: SocketSpec, socketMode: number, onConnection: ConnectionHandler): Promise<Listener> {
   const name = formatSocketSpec(spec);
-  const server = net.createServer({ noDelay: true }, (s) => onConnection(s, name));
+  const socket = handler(name, onConnection);
   if (spec.kind === "unix") {
     await removeStaleSocket(spec.path);
-    await listening(server, { path: spec.path });
+    let server;
+    try {
+      server = Bun.listen<SocketEvents | undefined>({ unix: spec.path, socket });
+    } catch (e) {
+      throw listenError(e, spec.path);
+    }
     chmodSync(spec.path, socketMode);
-    return { server, name, path: spec.path };
+    return { name, path: spec.path, close: () => server.stop(false) };
   }
-  await listening(server, { host: spec.host, port: spec.port, ipv6Only: spec.family === 6 });
-  return { server, name };
+  let server;
+  try {
+    // Accepted TCP sockets get TCP_NODELAY from Bun: each reply batch goes out at once.
+    const options = { hostname: spec.host, port: spec.port, ipv6Only: spec.family === 6, socket };
+    server = Bun.listen<SocketEvents | undefined>(options);
+  } catch (e) {
+    throw listenError(e, spec.host.includes(":") ? `[${spec.host}]:${spec.port}` : `${spec.host}:${spec.port}`);
+  }
+  return { name, close: () => server.stop(false) };
 }
 
-export async function listenOnFd(fd: number, name: string, onConnection: ConnectionHandler): Promise<Listener> {
+export function listenOnFd(fd: number, name: string, onConnection: ConnectionHandler): Promise<Listener> {
   const label = `systemd:${name}`;
-  const server = net.createServer({ noDelay: true }, (s) => onConnection(s, label));
-  await listening(server, { fd } as net.ListenOptions);
-  return { server, name: label };
+  let server;
+  try {
+    // `fd` is not in bun's types, but Bun.listen accepts an inherited listening socket.
+    const options = { fd, socket: handler(label, onConnection) } as unknown as import("bun").TCPSocketListenOptions<SocketEvents | undefined>;
+    server = Bun.listen<SocketEvents | undefined>(options);
+  } catch (e) {
+    return Promise.reject(listenError(e, `fd ${fd}`));
+  }
+  return Promise.resolve({ name: label, close: () => server.stop(false) });
 }

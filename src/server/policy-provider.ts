@@ -5,12 +5,12 @@
  * so a message decided while a reload happens uses the policy it started with.
  * @module
  */
-import { readFileSync, statSync, watch, type FSWatcher } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, watch, type FSWatcher } from "node:fs";
 import { basename, dirname } from "node:path";
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
-import { LdapConfigError, LdapPolicyBackend } from "../policy/ldap-backend.ts";
-import { mapLookup, parsePolicyFile, type PolicyMap } from "../policy/policy-file.ts";
+import type { LdapPolicyBackend } from "../policy/ldap-backend.ts";
+import { mapLookup, parsePolicyBytes, parsePolicyBytesSliced, type PolicyMap } from "../policy/policy-file.ts";
 import type { PolicyLookup } from "../policy/types.ts";
 
 export type ReloadResult = { readonly ok: true; readonly domains: number } | { readonly ok: false; readonly error: string };
@@ -21,20 +21,74 @@ export interface PolicyProvider {
   /** Entries in force (file), or undefined (directory). */
   entries(): number | undefined;
   /** Reads the source again; keeps the old policy when the new one is invalid. */
-  reload(): ReloadResult;
+  reload(): ReloadResult | Promise<ReloadResult>;
   close(): Promise<void>;
   readonly description: string;
 }
 
 /** Reads and validates a policy file; never throws. */
 export function readPolicyFile(path: string): { ok: true; policies: PolicyMap } | { ok: false; error: string } {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = readFileSync(path, "utf8");
+    bytes = readFileSync(path);
   } catch (e) {
     return { ok: false, error: `cannot read policy file ${path}: ${(e as Error).message}` };
   }
-  return parsePolicyFile(text, path);
+  return parsePolicyBytes(bytes, path);
+}
+
+/** Work of a reload between two turns of the event loop, at most. */
+const RELOAD_SLICE_MS = 8;
+
+/**
+ * {@link readPolicyFile} without holding up sessions: the file is read off
+ * the event loop and parsed in slices of ~8 ms (a million domains: ~1 s in
+ * all, no pause of a session longer than a slice).
+ */
+async function readPolicyFileSliced(path: string): Promise<{ ok: true; policies: PolicyMap } | { ok: false; error: string }> {
+  let sliceStart = performance.now();
+  const pause = () => performance.now() - sliceStart > RELOAD_SLICE_MS;
+  const yieldNow = () =>
+    new Promise<void>((resolve) =>
+      setImmediate(() => {
+        sliceStart = performance.now();
+        resolve();
+      })
+    );
+  let bytes: Uint8Array;
+  try {
+    bytes = await readSliced(path, pause, yieldNow);
+  } catch (e) {
+    return { ok: false, error: `cannot read policy file ${path}: ${(e as Error).message}` };
+  }
+  return parsePolicyBytesSliced(bytes, path, pause, yieldNow);
+}
+
+/**
+ * Reads a file in chunks, yielding between slices. (fs.promises.readFile of
+ * a 150 MB file held up the event loop for up to ~100 ms here.)
+ */
+async function readSliced(path: string, pause: () => boolean, yieldNow: () => Promise<void>): Promise<Uint8Array> {
+  const fd = openSync(path, "r");
+  try {
+    // Not zeroed: every byte is read into it before use.
+    let buf = Buffer.allocUnsafe(fstatSync(fd).size);
+    let len = 0;
+    for (;;) {
+      if (len === buf.length) {
+        // The file grew while being read: make room.
+        const bigger = Buffer.allocUnsafe(buf.length * 2 + 65536);
+        bigger.set(buf);
+        buf = bigger;
+      }
+      const n = readSync(fd, buf, len, Math.min(1 << 20, buf.length - len), null);
+      if (n === 0) return buf.subarray(0, len);
+      len += n;
+      if (pause()) await yieldNow();
+    }
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export class FilePolicyProvider implements PolicyProvider {
@@ -66,9 +120,34 @@ export class FilePolicyProvider implements PolicyProvider {
     return this.#entries;
   }
 
-  reload(): ReloadResult {
-    const r = readPolicyFile(this.path);
+  #reloading: Promise<ReloadResult> | undefined;
+  #again = false;
+
+  /**
+   * Reloads without stopping sessions for long (see readPolicyFileSliced);
+   * messages decided meanwhile use the old policy. A request during a reload
+   * runs once more after it.
+   */
+  reload(): Promise<ReloadResult> {
+    if (this.#reloading !== undefined) {
+      this.#again = true;
+      return this.#reloading;
+    }
+    const run = async (): Promise<ReloadResult> => {
+      let result: ReloadResult;
+      do {
+        this.#again = false;
+        result = await this.#reloadOnce();
+      } while (this.#again);
+      this.#reloading = undefined;
+      return result;
+    };
+    return this.#reloading = run();
+  }
+
+  async #reloadOnce(): Promise<ReloadResult> {
     this.#stamp = stamp(this.path);
+    const r = await readPolicyFileSliced(this.path);
     let result: ReloadResult;
     if (r.ok) {
       this.#lookup = mapLookup(r.policies);
@@ -172,6 +251,9 @@ export async function openPolicy(
   }
   const password = ldapPassword(config.ldap);
   if (!password.ok) return password.error;
+  // Loaded only for LDAP: the client pulls in node:tls, node:crypto and more
+  // (~10 MB of memory and milliseconds of start-up a file policy does not need).
+  const { LdapConfigError, LdapPolicyBackend } = await import("../policy/ldap-backend.ts");
   let backend: LdapPolicyBackend;
   try {
     backend = new LdapPolicyBackend({ ...config.ldap, bindPassword: password.value }, log);
