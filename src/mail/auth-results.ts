@@ -29,30 +29,35 @@ export interface AuthResults {
  * a comment or quoted string is not closed.
  */
 function stripComments(s: string): string | undefined {
+  // Most field bodies have no comment and no quoted string: nothing to do.
+  if (s.indexOf("(") < 0 && s.indexOf(")") < 0 && s.indexOf("\"") < 0) return s;
   let out = "";
   let depth = 0;
   let quoted = false;
+  /** Start of the characters still to copy (outside comments). */
+  let run = 0;
   for (let i = 0; i < s.length; i++) {
-    const ch = s[i]!;
-    if (ch === "\\" && (quoted || depth > 0)) {
-      if (depth === 0) out += ch + (s[i + 1] ?? "");
-      i++;
+    const c = s.charCodeAt(i);
+    if (c === 0x5c && (quoted || depth > 0)) {
+      i++; // a quoted-pair: copied with the run when quoted, dropped in a comment
     } else if (depth > 0) {
-      if (ch === "(") depth++;
-      else if (ch === ")" && --depth === 0) out += " ";
+      if (c === 0x28) depth++;
+      else if (c === 0x29 && --depth === 0) {
+        out += " ";
+        run = i + 1;
+      }
     } else if (quoted) {
-      out += ch;
-      if (ch === "\"") quoted = false;
-    } else if (ch === "(") {
+      if (c === 0x22) quoted = false;
+    } else if (c === 0x28) {
+      out += s.slice(run, i);
       depth = 1;
-    } else if (ch === ")") {
+    } else if (c === 0x29) {
       return undefined;
-    } else {
-      out += ch;
-      if (ch === "\"") quoted = true;
+    } else if (c === 0x22) {
+      quoted = true;
     }
   }
-  return depth === 0 && !quoted ? out : undefined;
+  return depth === 0 && !quoted ? out + s.slice(run) : undefined;
 }
 
 /**

@@ -145,6 +145,15 @@ class Cursor {
 
   /** All remaining NUL-terminated strings; undefined if the last lacks its NUL. */
   cstrings(): string[] | undefined {
+    const b = this.bytes;
+    // One decode for the whole payload, split at the NULs (a NUL is never part
+    // of a UTF-8 sequence, so this decodes as string by string would), unless
+    // a string might start with a byte order mark, which each decode drops.
+    if (b.length > this.pos && b[b.length - 1] === 0 && b.indexOf(0xef, this.pos) < 0) {
+      const text = utf8.decode(this.pos === 0 ? b.subarray(0, b.length - 1) : b.subarray(this.pos, b.length - 1));
+      this.pos = b.length;
+      return text.split("\0");
+    }
     const out: string[] = [];
     while (!this.done) {
       const s = this.cstring();

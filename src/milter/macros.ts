@@ -18,9 +18,14 @@ export class MacroStore {
 
   /** Replaces the macros of a stage, as libmilter does. */
   set(stage: MacroCommandLetter, macros: ReadonlyArray<readonly [string, string]>): void {
-    const m = new Map<string, string>();
-    for (const [name, value] of macros) m.set(bare(name), value);
-    this.#stages.set(stage, m);
+    // Maps are kept and cleared, not replaced: a message brings ~20 macro frames.
+    let m = this.#stages.get(stage);
+    if (m === undefined) this.#stages.set(stage, m = new Map<string, string>());
+    else m.clear();
+    for (let i = 0; i < macros.length; i++) {
+      const [name, value] = macros[i]!;
+      m.set(bare(name), value);
+    }
   }
 
   get(name: string): string | undefined {
@@ -34,12 +39,12 @@ export class MacroStore {
 
   /** Forgets the stages after `stage` (a new MAIL keeps its own macros). */
   clearAfter(stage: MacroCommandLetter): void {
-    for (const s of ORDER.slice(ORDER.indexOf(stage) + 1)) this.#stages.delete(s);
+    for (let i = ORDER.indexOf(stage) + 1; i < ORDER.length; i++) this.#stages.get(ORDER[i]!)?.clear();
   }
 
   /** Forgets every message stage; CONNECT and HELO macros stay. */
   clearMessage(): void {
-    for (const s of MESSAGE_STAGES) this.#stages.delete(s);
+    for (const s of MESSAGE_STAGES) this.#stages.get(s)?.clear();
   }
 
   clearAll(): void {

@@ -72,20 +72,19 @@ async function readSliced(path: string, pause: () => boolean, yieldNow: () => Pr
   const fd = openSync(path, "r");
   try {
     // Not zeroed: every byte is read into it before use.
-    let buf = Buffer.allocUnsafe(fstatSync(fd).size);
+    const buf = Buffer.allocUnsafe(fstatSync(fd).size);
     let len = 0;
-    for (;;) {
-      if (len === buf.length) {
-        // The file grew while being read: make room.
-        const bigger = Buffer.allocUnsafe(buf.length * 2 + 65536);
-        bigger.set(buf);
-        buf = bigger;
-      }
+    while (len < buf.length) {
       const n = readSync(fd, buf, len, Math.min(1 << 20, buf.length - len), null);
-      if (n === 0) return buf.subarray(0, len);
+      if (n === 0) return buf.subarray(0, len); // shrunk while being read
       len += n;
       if (pause()) await yieldNow();
     }
+    // Grown while being read (not an atomic replace): read the rest too.
+    const rest: Uint8Array[] = [];
+    const chunk = Buffer.allocUnsafe(1 << 16);
+    for (let n; (n = readSync(fd, chunk, 0, chunk.length, null)) > 0;) rest.push(chunk.slice(0, n));
+    return rest.length === 0 ? buf : Buffer.concat([buf, ...rest]);
   } finally {
     closeSync(fd);
   }
@@ -178,6 +177,8 @@ export class FilePolicyProvider implements PolicyProvider {
       }, debounceMs);
     });
     this.#watcher.on("error", (e) => this.log.warn("cannot watch {file}: {error}", { file: this.path, error: e.message }));
+    // A change before the watch began is not missed.
+    if (stamp(this.path) !== this.#stamp) void this.reload();
   }
 
   close(): Promise<void> {
