@@ -610,6 +610,11 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   const conns: Array<Conn | undefined> = [];
   let open = 0;
   let idleReady = 0;
+  let idleLost = 0;
+  /** Idle mode ends when every connection is idle or lost (a lost one fails the run). */
+  const checkIdle = () => {
+    if (idleMode && idleReady + idleLost >= opts.idle) finished();
+  };
 
   const fail = (c: Conn, what: string) => {
     protocolErrors++;
@@ -678,7 +683,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     if (idleMode && c.msgsOnConn >= opts.idleMessages) {
       // Idle from now on (its ABORT goes out with the QUIT at the end).
       c.wait = Step.NONE;
-      if (++idleReady === opts.idle) finished();
+      idleReady++;
+      checkIdle();
       return;
     }
     const idx = opts.perConn > 0 && c.msgsOnConn >= opts.perConn ? undefined : claim();
@@ -905,6 +911,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     open--;
     if (protocolErrors >= 100) stopStarting = true;
     if (!idleMode && !stopStarting) openConn(slot);
+    if (idleMode && idleReady + idleLost < opts.idle) {
+      idleLost++;
+      checkIdle();
+    }
     if (open === 0) finished();
   };
 
