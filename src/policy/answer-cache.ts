@@ -38,10 +38,6 @@ export class AnswerCache {
     this.#entries.set(domain, { result, expires: this.now() + this.ttlMs });
   }
 
-  get size(): number {
-    return this.#entries.size;
-  }
-
   clear(): void {
     this.#entries.clear();
   }

@@ -195,11 +195,6 @@ export class LdapPolicyBackend {
     this.#cache.clear();
   }
 
-  /** Whether a bound connection is there now. */
-  get connected(): boolean {
-    return this.#client !== undefined;
-  }
-
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
