@@ -425,18 +425,29 @@ async function main(): Promise<number> {
     }
     results.idle = idle;
 
-    // ---- start-up: spawn to the first answered connection
-    const startup: Record<string, number[]> = { null: [], exota: [] };
-    for (let i = 0; i < 5; i++) {
-      for (const f of [FILTERS[0]!, FILTERS[2]!]) {
-        const socket = `unix:${join(tmp, `start-${f.key}-${i}.sock`)}`;
-        const t0 = performance.now();
-        const p = spawnFilter(f, socket, join(tmp, `${f.key}-start.log`));
-        startup[f.key]!.push(await firstReply(socket, t0, 30000, p));
-        await p.stop();
-      }
-    }
-    log(`start-up to first answer: exota ${startup.exota!.map((t) => t.toFixed(1)).join(", ")} ms; null ${startup.null!.map((t) => t.toFixed(1)).join(", ")} ms`);
+    // ---- start-up to the first answered option negotiation (bench/first-answer.py)
+    const firstAnswer = async (mode: string[], cmd: string[], env: Record<string, string> = {}): Promise<number[]> => {
+      const p = Bun.spawn(["python3", join(ROOT, "bench", "first-answer.py"), ...mode, "--", ...cmd], {
+        cwd: ROOT, env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe",
+      });
+      const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+      if (code !== 0) throw new Error(`first-answer.py ${mode.join(" ")} ${cmd[0]}: ${err.trim()}`);
+      return JSON.parse(out) as number[];
+    };
+    // The floor: a Bun program that only answers one frame on the activated socket.
+    const floorSrc = join(tmp, "bun-floor.ts");
+    writeFileSync(floorSrc, "Bun.listen({ fd: 3, socket: { data(s) { s.write(new Uint8Array([0, 0, 0, 1, 99])); } } } as never);\n");
+    await sh([BUN, "build", floorSrc, "--compile", "--bytecode", "--outfile", join(tmp, "bun-floor")]);
+    const startSock = join(tmp, "start.sock");
+    const startup = {
+      /** Socket activation: connected and OPTNEG sent before the start. */
+      exota: await firstAnswer(["activate", "5"], [exotaBin], exotaEnv(`unix:${startSock}`)),
+      bunFloor: await firstAnswer(["activate", "5"], [join(tmp, "bun-floor")]),
+      /** Started, then connected to (retried every 0.2 ms) as a plain daemon. */
+      exotaSpawned: await firstAnswer(["spawn", "5", startSock], [exotaBin], exotaEnv(`unix:${startSock}`)),
+      null: await firstAnswer(["spawn", "5", startSock], FILTERS[0]!.start(`unix:${startSock}`).cmd),
+    };
+    log(`start-up to first answer (ms): ${Object.entries(startup).map(([k, v]) => `${k} ${v.join(", ")}`).join("; ")}`);
     results.startup = startup;
 
     // ---- the 1M-domain policy: load, lookups, reload under load
@@ -529,9 +540,14 @@ async function main(): Promise<number> {
       const what = messages === 0 ? "negotiated, after CONNECT and HELO" : "each after one message";
       goals.push([`peak RSS, ${args.idle} idle connections (${what})`, "<= 64 MB", `${fmt(mb, 1)} MB (C null: ${fmt((n?.filterHwmKb ?? 0) / 1024, 1)} MB)`, mb <= 64]);
     }
-    if (startup.exota!.length > 0) {
-      const s = median(startup.exota!);
-      goals.push(["start to first answered connection (median of 5)", "<= 30 ms", `${fmt(s, 1)} ms (C null: ${fmt(median(startup.null!), 1)} ms)`, s <= 30]);
+    {
+      const s = median(startup.exota);
+      goals.push([
+        "start to first answered connection, socket activation (median of 5)",
+        "<= 30 ms",
+        `${fmt(s, 1)} ms (a Bun program that only answers: ${fmt(median(startup.bunFloor), 1)} ms; started before connecting: exota ${fmt(median(startup.exotaSpawned), 1)}, C null ${fmt(median(startup.null), 1)} ms)`,
+        s <= 30,
+      ]);
     }
     if (big) {
       goals.push([`${big.domains.toLocaleString("en-US")}-domain policy (${(big.bytes / 1e6).toFixed(0)} MB): start to first answer`, "<= 3 s", `${(big.loadMs / 1000).toFixed(2)} s`, big.loadMs <= 3000]);

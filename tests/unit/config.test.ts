@@ -261,6 +261,20 @@ describe("flags", () => {
     assert.ok(e.endsWith(" (see --help)"), e);
   });
 
+  it("flag forms: --flag=value, --flag value, the last one wins, -- ends the flags, short -h/-V", () => {
+    const r = loadConfig(["--name", "a", "--name=b", "run"], {});
+    assert.ok(r.ok && r.command === "run");
+    assert.equal(r.config.name, "b");
+    const eq = loadConfig(["--name=x=y"], {});
+    assert.ok(eq.ok && eq.command === "run");
+    assert.equal(eq.config.name, "x=y");
+    assert.equal(error(["--", "--name=a"]), 'unknown command "--name=a": expected run, check or explain (see --help)');
+    assert.deepEqual(loadConfig(["-V"], {}), { ok: true, command: "version" });
+    assert.deepEqual(loadConfig(["run", "-h"], {}), { ok: true, command: "help" });
+    assert.equal(error(["-x"]), 'unknown option "-x" (see --help)');
+    assert.equal(error(["--name", "--socket=unix:/x"]), 'option "--name" needs a value (see --help)');
+  });
+
   it("unknown command or extra positional argument -> error", () => {
     assert.equal(error(["start"]), 'unknown command "start": expected run, check or explain (see --help)');
     assert.equal(error(["run", "now"]), 'unexpected argument "now" (see --help)');
