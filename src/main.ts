@@ -8,7 +8,7 @@ import pkg from "../package.json" with { type: "json" };
 import { check } from "./cli/check.ts";
 import { explain } from "./cli/explain.ts";
 import { helpText, loadConfig } from "./config.ts";
-import { logger, setupLogging } from "./log.ts";
+import { flushLogs, logger, setupLogging } from "./log.ts";
 import { runDaemon } from "./server/daemon.ts";
 import { openPolicy } from "./server/policy-provider.ts";
 
@@ -16,6 +16,7 @@ declare const EXOTA_VERSION: string | undefined;
 const VERSION = typeof EXOTA_VERSION === "string" ? EXOTA_VERSION : `${pkg.version}-dev`;
 
 function fail(message: string): never {
+  flushLogs();
   process.stderr.write(`exota-milter: ${message}\n`);
   process.exit(1);
 }

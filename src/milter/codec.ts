@@ -17,7 +17,8 @@ export interface Frame {
   readonly payload: Uint8Array;
 }
 
-const utf8 = new TextDecoder("utf-8");
+// A BOM is data here (a header value may start with one): never dropped.
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 const encoder = new TextEncoder();
 const EMPTY = new Uint8Array(0);
 
@@ -146,13 +147,13 @@ class Cursor {
   /** All remaining NUL-terminated strings; undefined if the last lacks its NUL. */
   cstrings(): string[] | undefined {
     const b = this.bytes;
-    // One decode for the whole payload, split at the NULs (a NUL is never part
-    // of a UTF-8 sequence, so this decodes as string by string would), unless
-    // a string might start with a byte order mark, which each decode drops.
-    if (b.length > this.pos && b[b.length - 1] === 0 && b.indexOf(0xef, this.pos) < 0) {
-      const text = utf8.decode(this.pos === 0 ? b.subarray(0, b.length - 1) : b.subarray(this.pos, b.length - 1));
+    // One decode for the whole payload, split at the NULs: a NUL is never part
+    // of a UTF-8 sequence, so this decodes as string by string would.
+    if (b.length > this.pos && b[b.length - 1] === 0) {
+      const list = utf8.decode(this.pos === 0 ? b : b.subarray(this.pos)).split("\0");
+      list.pop(); // after the last NUL
       this.pos = b.length;
-      return text.split("\0");
+      return list;
     }
     const out: string[] = [];
     while (!this.done) {
@@ -254,55 +255,94 @@ export function decodeCommand(code: number, payload: Uint8Array): Decoded<Comman
 
 // ---------------------------------------------------------------- writing
 
-/** Builds one frame; `parts` are raw bytes, strings (written with NUL) or u32s. */
+/**
+ * Writes frames into one growing buffer (length, code, payload), so a batch
+ * of replies is one allocation and one write; a frame's length is filled in
+ * when the next frame starts or at `finish`.
+ */
 class FrameWriter {
-  #parts: Array<Uint8Array | number> = [];
-  #size = 1;
+  #buf = new Uint8Array(128);
+  #pos = 0;
+  /** Where the open frame's length goes; -1 when none is open. */
+  #start = -1;
 
-  constructor(readonly code: number) {}
-
-  bytes(b: Uint8Array): this {
-    this.#parts.push(b);
-    this.#size += b.length;
+  frame(code: number): this {
+    this.#close();
+    this.#reserve(5);
+    this.#start = this.#pos;
+    this.#buf[this.#pos + 4] = code;
+    this.#pos += 5;
     return this;
   }
 
+  bytes(b: Uint8Array): this {
+    this.#reserve(b.length);
+    this.#buf.set(b, this.#pos);
+    this.#pos += b.length;
+    return this;
+  }
+
+  /** The string as UTF-8 and a NUL; ASCII (nearly every reply) byte by byte. */
   cstring(s: string): this {
-    this.bytes(encoder.encode(s));
-    this.#parts.push(-1);
-    this.#size += 1;
+    this.#reserve(s.length * 3 + 1);
+    const buf = this.#buf;
+    let p = this.#pos;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80) {
+        p += encoder.encodeInto(s.slice(i), buf.subarray(p)).written;
+        break;
+      }
+      buf[p++] = c;
+    }
+    buf[p++] = 0;
+    this.#pos = p;
     return this;
   }
 
   u32(n: number): this {
-    const b = new Uint8Array(4);
-    new DataView(b.buffer).setUint32(0, n >>> 0);
-    return this.bytes(b);
+    this.#reserve(4);
+    this.#put32(this.#pos, n);
+    this.#pos += 4;
+    return this;
   }
 
   u16(n: number): this {
-    const b = new Uint8Array(2);
-    new DataView(b.buffer).setUint16(0, n);
-    return this.bytes(b);
+    this.#reserve(2);
+    this.#buf[this.#pos++] = (n >>> 8) & 0xff;
+    this.#buf[this.#pos++] = n & 0xff;
+    return this;
   }
 
   byte(n: number): this {
-    return this.bytes(Uint8Array.of(n));
+    this.#reserve(1);
+    this.#buf[this.#pos++] = n;
+    return this;
   }
 
   finish(): Uint8Array {
-    const out = new Uint8Array(4 + this.#size);
-    new DataView(out.buffer).setUint32(0, this.#size);
-    out[4] = this.code;
-    let p = 5;
-    for (const part of this.#parts) {
-      if (part === -1) out[p++] = 0;
-      else if (typeof part !== "number") {
-        out.set(part, p);
-        p += part.length;
-      }
-    }
-    return out;
+    this.#close();
+    return this.#buf.subarray(0, this.#pos);
+  }
+
+  #close(): void {
+    if (this.#start >= 0) this.#put32(this.#start, this.#pos - this.#start - 4);
+    this.#start = -1;
+  }
+
+  #put32(at: number, n: number): void {
+    const b = this.#buf;
+    b[at] = n >>> 24;
+    b[at + 1] = (n >>> 16) & 0xff;
+    b[at + 2] = (n >>> 8) & 0xff;
+    b[at + 3] = n & 0xff;
+  }
+
+  #reserve(n: number): void {
+    if (this.#pos + n <= this.#buf.length) return;
+    const grown = new Uint8Array(Math.max(this.#buf.length * 2, this.#pos + n));
+    grown.set(this.#buf.subarray(0, this.#pos));
+    this.#buf = grown;
   }
 }
 
@@ -312,43 +352,43 @@ const FAMILY_BYTES: Record<Family, number> = { unknown: 0x55, unix: 0x4c, inet: 
 export function encodeCommand(cmd: Command): Uint8Array {
   switch (cmd.type) {
     case "optneg":
-      return new FrameWriter(Cmd.OPTNEG).u32(cmd.version).u32(cmd.actions).u32(cmd.protocol).finish();
+      return new FrameWriter().frame(Cmd.OPTNEG).u32(cmd.version).u32(cmd.actions).u32(cmd.protocol).finish();
     case "macro": {
-      const w = new FrameWriter(Cmd.MACRO).byte(cmd.stage.charCodeAt(0));
+      const w = new FrameWriter().frame(Cmd.MACRO).byte(cmd.stage.charCodeAt(0));
       for (const [name, value] of cmd.macros) w.cstring(name).cstring(value);
       return w.finish();
     }
     case "connect": {
-      const w = new FrameWriter(Cmd.CONNECT).cstring(cmd.hostname).byte(FAMILY_BYTES[cmd.family]);
+      const w = new FrameWriter().frame(Cmd.CONNECT).cstring(cmd.hostname).byte(FAMILY_BYTES[cmd.family]);
       if (cmd.family !== "unknown") w.u16(cmd.port).cstring(cmd.address);
       return w.finish();
     }
     case "helo":
-      return new FrameWriter(Cmd.HELO).cstring(cmd.name).finish();
+      return new FrameWriter().frame(Cmd.HELO).cstring(cmd.name).finish();
     case "mail":
     case "rcpt": {
-      const w = new FrameWriter(cmd.type === "mail" ? Cmd.MAIL : Cmd.RCPT);
+      const w = new FrameWriter().frame(cmd.type === "mail" ? Cmd.MAIL : Cmd.RCPT);
       for (const a of cmd.args) w.cstring(a);
       return w.finish();
     }
     case "header":
-      return new FrameWriter(Cmd.HEADER).cstring(cmd.name).cstring(cmd.value).finish();
+      return new FrameWriter().frame(Cmd.HEADER).cstring(cmd.name).cstring(cmd.value).finish();
     case "unknown":
-      return new FrameWriter(Cmd.UNKNOWN).cstring(cmd.line).finish();
+      return new FrameWriter().frame(Cmd.UNKNOWN).cstring(cmd.line).finish();
     case "body":
-      return new FrameWriter(Cmd.BODY).bytes(cmd.chunk).finish();
+      return new FrameWriter().frame(Cmd.BODY).bytes(cmd.chunk).finish();
     case "eom":
-      return new FrameWriter(Cmd.BODYEOB).bytes(cmd.chunk).finish();
+      return new FrameWriter().frame(Cmd.BODYEOB).bytes(cmd.chunk).finish();
     case "data":
-      return new FrameWriter(Cmd.DATA).finish();
+      return new FrameWriter().frame(Cmd.DATA).finish();
     case "eoh":
-      return new FrameWriter(Cmd.EOH).finish();
+      return new FrameWriter().frame(Cmd.EOH).finish();
     case "abort":
-      return new FrameWriter(Cmd.ABORT).finish();
+      return new FrameWriter().frame(Cmd.ABORT).finish();
     case "quit":
-      return new FrameWriter(Cmd.QUIT).finish();
+      return new FrameWriter().frame(Cmd.QUIT).finish();
     case "quit_nc":
-      return new FrameWriter(Cmd.QUIT_NC).finish();
+      return new FrameWriter().frame(Cmd.QUIT_NC).finish();
   }
 }
 
@@ -364,37 +404,35 @@ const SIMPLE_REPLIES = {
 
 /** Encodes one reply frame. */
 export function encodeReply(reply: Reply): Uint8Array {
-  switch (reply.type) {
-    case "optneg": {
-      const w = new FrameWriter(Cmd.OPTNEG).u32(reply.version).u32(reply.actions).u32(reply.protocol);
-      for (const [stage, names] of reply.macros ?? []) w.u32(stage).cstring(names.join(" "));
-      return w.finish();
-    }
-    case "replycode":
-      // libmilter treats the text as a format string: a literal % is %%.
-      return new FrameWriter(Rep.REPLYCODE).cstring(`${reply.code} ${reply.text.replaceAll("%", "%%")}`).finish();
-    case "addheader":
-      return new FrameWriter(Rep.ADDHEADER).cstring(reply.name).cstring(reply.value).finish();
-    case "insheader":
-    case "chgheader":
-      return new FrameWriter(reply.type === "insheader" ? Rep.INSHEADER : Rep.CHGHEADER)
-        .u32(reply.index).cstring(reply.name).cstring(reply.value).finish();
-    default:
-      return new FrameWriter(SIMPLE_REPLIES[reply.type]).finish();
-  }
+  return writeReply(new FrameWriter(), reply).finish();
 }
 
 /** Encodes several replies into one buffer, so they go out in one write. */
 export function encodeReplies(replies: readonly Reply[]): Uint8Array {
-  if (replies.length === 1) return encodeReply(replies[0]!);
-  const frames = replies.map(encodeReply);
-  const out = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
-  let p = 0;
-  for (const f of frames) {
-    out.set(f, p);
-    p += f.length;
+  const w = new FrameWriter();
+  for (const r of replies) writeReply(w, r);
+  return w.finish();
+}
+
+function writeReply(w: FrameWriter, reply: Reply): FrameWriter {
+  switch (reply.type) {
+    case "optneg": {
+      w.frame(Cmd.OPTNEG).u32(reply.version).u32(reply.actions).u32(reply.protocol);
+      for (const [stage, names] of reply.macros ?? []) w.u32(stage).cstring(names.join(" "));
+      return w;
+    }
+    case "replycode":
+      // libmilter treats the text as a format string: a literal % is %%.
+      return w.frame(Rep.REPLYCODE).cstring(`${reply.code} ${reply.text.replaceAll("%", "%%")}`);
+    case "addheader":
+      return w.frame(Rep.ADDHEADER).cstring(reply.name).cstring(reply.value);
+    case "insheader":
+    case "chgheader":
+      return w.frame(reply.type === "insheader" ? Rep.INSHEADER : Rep.CHGHEADER)
+        .u32(reply.index).cstring(reply.name).cstring(reply.value);
+    default:
+      return w.frame(SIMPLE_REPLIES[reply.type]);
   }
-  return out;
 }
 
 const SIMPLE_BY_CODE = new Map<number, keyof typeof SIMPLE_REPLIES>(

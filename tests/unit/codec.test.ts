@@ -169,6 +169,13 @@ describe("encodeCommand / decodeCommand", () => {
     assert.deepEqual(roundTripCommand(cmd), cmd);
   });
 
+  it("header: a byte order mark is data, kept at the start of name and value", () => {
+    const cmd: Command = { type: "header", name: "\uFEFFX-A", value: "\uFEFFv" };
+    assert.deepEqual(roundTripCommand(cmd), cmd);
+    const mac: Command = { type: "macro", stage: "H", macros: [["{cert_subject}", "\uFEFFrelay"]] };
+    assert.deepEqual(roundTripCommand(mac), mac);
+  });
+
   it("body/eom: the decoded chunk is a copy, not a view into the frame", () => {
     const frame = encodeCommand({ type: "body", chunk: bytes("abc") });
     const f = unframe(frame);
@@ -314,6 +321,18 @@ describe("encodeReply / decodeReply", () => {
     assert.deepEqual(encodeReplies(replies), concat(replies.map(encodeReply)));
     assert.deepEqual(encodeReplies([{ type: "continue" }]), encodeReply({ type: "continue" }));
     assert.deepEqual(encodeReplies([]), new Uint8Array(0));
+  });
+
+  it("encodeReplies: non-ASCII after ASCII, values beyond the first buffer, frames split right", () => {
+    const replies: Reply[] = [
+      { type: "addheader", name: "X-Ü", value: "a".repeat(300) + "日本語 ✓" + "b".repeat(5000) },
+      { type: "chgheader", index: 1, name: "X-B", value: "😀" },
+      { type: "replycode", code: 550, text: "5.7.1 no" },
+    ];
+    const reader = new FrameReader();
+    reader.push(encodeReplies(replies));
+    assert.deepEqual(replies.map(() => { const f = value(reader.next()); return value(decodeReply(f.code, f.payload)); }), replies);
+    assert.equal(reader.next(), undefined);
   });
 
   it("decodeReply errors", () => {
