@@ -12,7 +12,7 @@
  * TCP and unix sockets are used; every process started here is stopped by PID.
  * @module
  */
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import process from "node:process";
@@ -276,6 +276,10 @@ async function main(): Promise<number> {
   }
   const tmp = mkdtempSync(join(tmpdir(), "exota-bench-"));
   log(`working in ${tmp}`);
+  // Logs apart from the policy files: the filter watches the policy's
+  // directory, and a log written there would wake the watch on every line.
+  const logs = join(tmp, "logs");
+  mkdirSync(logs);
   const results: Record<string, unknown> = { machine: machine(), date: new Date().toISOString(), args };
 
   try {
@@ -340,7 +344,7 @@ async function main(): Promise<number> {
       cross.push("| filter | conns | generator | msgs/s | p50 ms | p99 ms | generator CPU us/msg |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
       for (const f of [FILTERS[0]!, FILTERS[1]!]) {
         const socket = `unix:${join(tmp, `cross-${f.key}.sock`)}`;
-        const p = spawnFilter(f, socket, join(tmp, `${f.key}-cross.log`));
+        const p = spawnFilter(f, socket, join(logs, `${f.key}-cross.log`));
         await firstReply(socket, performance.now(), 30000, p);
         for (const conns of [1, 8]) {
           const ours: LoadResult[] = [], theirs: Array<Record<string, number>> = [];
@@ -370,7 +374,7 @@ async function main(): Promise<number> {
       for (const f of FILTERS) {
         const socket = transport === "unix" ? `unix:${join(tmp, `${f.key}.sock`)}` : `inet:${await freePort()}@127.0.0.1`;
         sockets.set(f.key, socket);
-        const p = spawnFilter(f, socket, join(tmp, `${f.key}-${transport}.log`));
+        const p = spawnFilter(f, socket, join(logs, `${f.key}-${transport}.log`));
         procs.set(f.key, p);
         await firstReply(socket, performance.now(), 30000, p);
         await warmUp(f, socket, p);
@@ -412,7 +416,7 @@ async function main(): Promise<number> {
       for (const messages of [0, 1]) {
         for (const f of [FILTERS[0]!, FILTERS[2]!]) {
           const socket = `unix:${join(tmp, `idle-${f.key}-${messages}.sock`)}`;
-          const p = spawnFilter(f, socket, join(tmp, `${f.key}-idle.log`));
+          const p = spawnFilter(f, socket, join(logs, `${f.key}-idle.log`));
           await firstReply(socket, performance.now(), 30000, p);
           const before = procMemKb(p.pid);
           const r = await runLoadProcess(["-s", socket, "--idle", String(args.idle), "--idle-messages", String(messages), "--pid", String(p.pid), ...f.loadArgs]);
@@ -459,7 +463,7 @@ async function main(): Promise<number> {
       log(`big policy: ${args.domains + DEFAULT_DOMAINS.length} domains, ${(bytes / 1e6).toFixed(0)} MB`);
       const socket = `unix:${join(tmp, "big.sock")}`;
       const f = FILTERS[2]!;
-      const logFile = join(tmp, "exota-big.log");
+      const logFile = join(logs, "exota-big.log");
       const t0 = performance.now();
       const p = spawnFilter({ ...f, start: (s) => ({ cmd: [exotaBin], env: exotaEnv(s, file) }) }, socket, logFile);
       const loadMs = await firstReply(socket, t0, 60000, p);
