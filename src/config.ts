@@ -6,7 +6,7 @@
  * @module
  */
 import * as v from "valibot";
-import { type IpRange, parseRange } from "./policy/ip-allowlist.ts";
+import { type IpRange, parseIp, parseRange } from "./policy/ip-allowlist.ts";
 import type { LdapConfig } from "./policy/ldap-backend.ts";
 import type { FilterConfig } from "./filter.ts";
 import { parseSocketSpec, type SocketSpec } from "./server/socket-spec.ts";
@@ -533,13 +533,17 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
     },
   };
   if (command === "explain") {
+    const clientIp = explainValue("client-ip");
+    if (clientIp !== undefined && parseIp(clientIp) === undefined) {
+      return { ok: false, error: `--client-ip=${JSON.stringify(clientIp)} is not valid: expected an IPv4 or IPv6 address` };
+    }
     return {
       ok: true,
       command,
       config,
       explain: {
         messageFile: explainValue("message")!,
-        clientIp: explainValue("client-ip"),
+        clientIp,
         certSubject: explainValue("cert-subject"),
         certIssuer: explainValue("cert-issuer"),
         queueId: explainValue("queue-id"),

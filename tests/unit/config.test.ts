@@ -288,6 +288,9 @@ describe("flags", () => {
     assert.ok(ex.ok && ex.command === "explain");
     assert.deepEqual(ex.explain, { messageFile: "/tmp/m.eml", clientIp: "192.0.2.1", certSubject: undefined, certIssuer: undefined, queueId: "Q1" });
     assert.equal(error(["explain"]), "explain needs --message FILE.eml (see --help)");
+    assert.equal(error(["explain", "--message=m.eml", "--client-ip=300.1.1.1"]), '--client-ip="300.1.1.1" is not valid: expected an IPv4 or IPv6 address');
+    const v6 = loadConfig(["explain", "--message=m.eml", "--client-ip=2001:db8::1"], {});
+    assert.ok(v6.ok && v6.command === "explain" && v6.explain.clientIp === "2001:db8::1");
     assert.equal(error(["--message=/tmp/m.eml"]), "--message belongs to the explain command (see --help)");
     assert.equal(error(["check", "--cert-subject=x"]), "--cert-subject belongs to the explain command (see --help)");
   });
