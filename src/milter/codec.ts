@@ -284,12 +284,15 @@ class FrameWriter {
 
   /** The string as UTF-8 and a NUL; ASCII (nearly every reply) byte by byte. */
   cstring(s: string): this {
-    this.#reserve(s.length * 3 + 1);
-    const buf = this.#buf;
+    this.#reserve(s.length + 1);
+    let buf = this.#buf;
     let p = this.#pos;
     for (let i = 0; i < s.length; i++) {
       const c = s.charCodeAt(i);
       if (c >= 0x80) {
+        this.#pos = p;
+        this.#reserve((s.length - i) * 3 + 1);
+        buf = this.#buf;
         p += encoder.encodeInto(s.slice(i), buf.subarray(p)).written;
         break;
       }
@@ -322,7 +325,8 @@ class FrameWriter {
 
   finish(): Uint8Array {
     this.#close();
-    return this.#buf.subarray(0, this.#pos);
+    // A copy: a view of a small array costs more than copying its bytes.
+    return this.#pos === this.#buf.length ? this.#buf : this.#buf.slice(0, this.#pos);
   }
 
   #close(): void {
