@@ -3,7 +3,9 @@
  * as bytes in one arena, tenant ids as 16 bytes, an open-addressing hash
  * table of indexes. A million domains take ~70 MB and load without creating
  * a million strings and objects; a lookup is O(1) (one hash, one or two
- * probes) and builds the policy object it returns (cached per domain).
+ * probes) and builds the policy object it returns. Laid out for few cache
+ * misses with a table far bigger than the CPU's caches: a slot holds the
+ * entry and its hash, an entry its arena offset and length side by side.
  *
  * Pure: no I/O.
  * @module
@@ -21,30 +23,25 @@ const HEX = "0123456789abcdef";
 export class PolicyTable implements ReadonlyMap<string, Policy> {
   #arena: Uint8Array;
   #arenaLen = 0;
-  #off: Int32Array;
-  #len: Uint8Array;
-  #flags: Uint8Array;
+  /** Per entry: arena offset, then key length | flags << 8. */
+  #keys: Int32Array;
   #tenant: Uint8Array;
-  #hash: Int32Array;
-  /** Entry index + 1 per slot; 0 is empty. Power-of-two size, at most half full. */
+  /** Per slot: entry index + 1 (0: empty), the key's hash. Power-of-two slot count, at most half full. */
   #slots: Int32Array;
+  #slotMask: number;
   #size = 0;
 
   /** Room for about `entries` domains of `domainBytes` in all (it grows beyond). */
   constructor(entries = 1024, domainBytes = entries * 32) {
     const n = Math.max(16, entries);
     this.#arena = new Uint8Array(Math.max(1024, domainBytes));
-    this.#off = new Int32Array(n);
-    this.#len = new Uint8Array(n);
-    this.#flags = new Uint8Array(n);
+    this.#keys = new Int32Array(n * 2);
     this.#tenant = new Uint8Array(n * 16);
-    this.#hash = new Int32Array(n);
     let slots = 32;
     while (slots < n * 2) slots *= 2;
-    this.#slots = new Int32Array(slots);
+    this.#slots = new Int32Array(slots * 2);
+    this.#slotMask = slots - 1;
   }
-  /** Policies built by `get`, per domain; bounded. */
-  #cache = new Map<string, Policy | undefined>();
 
   get size(): number {
     return this.#size;
@@ -75,6 +72,8 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
   commit(dkimEnabled: boolean, alignmentRequired: boolean, tenantBytes: Uint8Array | undefined, tenantAt = 0): boolean {
     const start = this.#pendingStart;
     const len = this.#arenaLen - start;
+    // Domains are at most 253 bytes (callers check); the length shares an int with the flags.
+    if (len > 255) throw new RangeError(`domain of ${len} bytes`);
     let h = FNV;
     for (let i = 0; i < len; i++) h = step(h, this.#arena[start + i]!);
     if (this.#find(h, start, len) >= 0) {
@@ -82,20 +81,18 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
       return false;
     }
     const n = this.#size;
-    if (n === this.#off.length) this.#growEntries();
-    this.#off[n] = start;
-    this.#len[n] = len;
-    this.#hash[n] = h;
+    if (2 * n === this.#keys.length) this.#growEntries();
     let f = (dkimEnabled ? DKIM : 0) | (alignmentRequired ? ALIGN : 0);
     if (tenantBytes !== undefined) {
       f |= TENANT;
       const t = this.#tenant;
       for (let i = 0; i < 16; i++) t[n * 16 + i] = tenantBytes[tenantAt + i]!;
     }
-    this.#flags[n] = f;
+    this.#keys[2 * n] = start;
+    this.#keys[2 * n + 1] = len | (f << 8);
     this.#size = n + 1;
-    if (this.#size * 2 > this.#slots.length) this.#rehash(this.#slots.length * 2);
-    else this.#place(h, n);
+    if (this.#size * 2 > this.#slotMask + 1) this.#rehash((this.#slotMask + 1) * 2);
+    this.#place(h, n);
     return true;
   }
 
@@ -113,40 +110,39 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
   }
 
   #growEntries(): void {
-    const cap = this.#off.length * 2;
+    const cap = this.#keys.length;
     const grow = <T extends Int32Array | Uint8Array>(a: T, n: number): T => {
       const b = new (a.constructor as new (n: number) => T)(n);
       b.set(a);
       return b;
     };
-    this.#off = grow(this.#off, cap);
-    this.#len = grow(this.#len, cap);
-    this.#flags = grow(this.#flags, cap);
-    this.#hash = grow(this.#hash, cap);
+    this.#keys = grow(this.#keys, cap * 2);
     this.#tenant = grow(this.#tenant, cap * 16);
   }
 
   #place(h: number, n: number): void {
-    const mask = this.#slots.length - 1;
+    const mask = this.#slotMask;
     let i = h & mask;
-    while (this.#slots[i] !== 0) i = (i + 1) & mask;
-    this.#slots[i] = n + 1;
+    while (this.#slots[2 * i] !== 0) i = (i + 1) & mask;
+    this.#slots[2 * i] = n + 1;
+    this.#slots[2 * i + 1] = h;
   }
 
-  #rehash(size: number): void {
-    this.#slots = new Int32Array(size);
-    for (let n = 0; n < this.#size; n++) this.#place(this.#hash[n]!, n);
+  #rehash(slots: number): void {
+    const old = this.#slots;
+    this.#slots = new Int32Array(slots * 2);
+    this.#slotMask = slots - 1;
+    for (let i = 0; i < old.length; i += 2) if (old[i] !== 0) this.#place(old[i + 1]!, old[i]! - 1);
   }
 
   /** Index of the entry with these key bytes in the arena, or -1. */
   #find(h: number, start: number, len: number): number {
-    const mask = this.#slots.length - 1;
-    const a = this.#arena;
+    const mask = this.#slotMask, slots = this.#slots, keys = this.#keys, a = this.#arena;
     for (let i = h & mask; ; i = (i + 1) & mask) {
-      const e = this.#slots[i]! - 1;
+      const e = slots[2 * i]! - 1;
       if (e < 0) return -1;
-      if (this.#hash[e] !== h || this.#len[e] !== len) continue;
-      const o = this.#off[e]!;
+      if (slots[2 * i + 1] !== h || (keys[2 * e + 1]! & 0xff) !== len) continue;
+      const o = keys[2 * e]!;
       let j = 0;
       while (j < len && a[o + j] === a[start + j]) j++;
       if (j === len) return e;
@@ -163,13 +159,12 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
       if (c > 0x7f) return -1;
       h = step(h, c);
     }
-    const mask = this.#slots.length - 1;
-    const a = this.#arena;
+    const mask = this.#slotMask, slots = this.#slots, keys = this.#keys, a = this.#arena;
     for (let i = h & mask; ; i = (i + 1) & mask) {
-      const e = this.#slots[i]! - 1;
+      const e = slots[2 * i]! - 1;
       if (e < 0) return -1;
-      if (this.#hash[e] !== h || this.#len[e] !== len) continue;
-      const o = this.#off[e]!;
+      if (slots[2 * i + 1] !== h || (keys[2 * e + 1]! & 0xff) !== len) continue;
+      const o = keys[2 * e]!;
       let j = 0;
       while (j < len && a[o + j] === domain.charCodeAt(j)) j++;
       if (j === len) return e;
@@ -177,7 +172,7 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
   }
 
   #policy(e: number): Policy {
-    const f = this.#flags[e]!;
+    const f = this.#keys[2 * e + 1]! >> 8;
     let tenantId = "";
     if ((f & TENANT) !== 0) {
       const t = this.#tenant;
@@ -191,17 +186,13 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
   }
 
   #key(e: number): string {
-    const o = this.#off[e]!;
-    return String.fromCharCode(...this.#arena.subarray(o, o + this.#len[e]!));
+    const o = this.#keys[2 * e]!;
+    return String.fromCharCode(...this.#arena.subarray(o, o + (this.#keys[2 * e + 1]! & 0xff)));
   }
 
   get(domain: string): Policy | undefined {
-    if (this.#cache.has(domain)) return this.#cache.get(domain);
     const e = this.#index(domain);
-    const p = e < 0 ? undefined : this.#policy(e);
-    if (this.#cache.size >= 4096) this.#cache.clear();
-    this.#cache.set(domain, p);
-    return p;
+    return e < 0 ? undefined : this.#policy(e);
   }
 
   has(domain: string): boolean {

@@ -133,6 +133,7 @@ describe("PolicyTable", () => {
       assert.equal(t.has(d), false, d);
     }
     assert.equal([...t.keys()].length, 3000);
+    assert.throws(() => t.add(`${"a".repeat(252)}.example`, { tenantId: "", dkimEnabled: true, dkimAlignmentRequired: true }), RangeError);
     assert.deepEqual(new Map(t).get("d4.example"), t.get("d4.example"));
   });
 });
