@@ -855,7 +855,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   };
 
   let nextId = 0;
-  const openConn = (slot: number) => {
+  const openConn = (slot: number, attempt = 0) => {
     const c: Conn = {
       id: nextId++, slot, sock: undefined, reader: new FrameReader(16 * 1024 * 1024), wait: Step.OPTNEG, tWait: performance.now(),
       neg: undefined, pending: undefined, backlog: undefined, msgsOnConn: 0, closing: false, inMsg: false, counted: false,
@@ -892,6 +892,15 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       ? Bun.connect({ unix: spec.path, socket: handlers })
       : Bun.connect({ hostname: spec.host, port: spec.port, socket: handlers });
     connecting.catch((e: Error) => {
+      // Opening 1,000 idle connections may overrun a filter's listen backlog
+      // (libmilter's is small): try again a little later, as an MTA would.
+      if (idleMode && attempt < 100 && conns[slot] === c) {
+        conns[slot] = undefined;
+        open--;
+        connections--;
+        setTimeout(() => openConn(slot, attempt + 1), 10);
+        return;
+      }
       protocolErrors++;
       note(`connect ${opts.socket}: ${e.message}`);
       c.closing = true;
