@@ -162,8 +162,10 @@ export class FilePolicyProvider implements PolicyProvider {
 
   /**
    * Reloads when the file changes. Watches the directory, so an editor's or
-   * config management's atomic replace (write elsewhere, rename over) is seen;
-   * events are debounced and a reload happens only when the file really changed.
+   * config management's atomic replace (write elsewhere, rename over) is seen,
+   * and so is a Kubernetes ConfigMap's swap of its `..data` symlink (events
+   * name `..data`, `..data_tmp`, never the file); events are debounced and a
+   * reload happens only when the file really changed.
    */
   watch(debounceMs = 300): void {
     // node:path would cost ~2 ms of start-up for these two.
@@ -171,7 +173,7 @@ export class FilePolicyProvider implements PolicyProvider {
     const name = this.path.slice(slash + 1);
     const dir = slash < 0 ? "." : slash === 0 ? "/" : this.path.slice(0, slash);
     this.#watcher = watch(dir, (_event, file) => {
-      if (file !== null && file !== name) return;
+      if (file !== null && file !== name && !file.startsWith("..")) return;
       if (this.#debounce !== undefined) clearTimeout(this.#debounce);
       this.#debounce = setTimeout(() => {
         this.#debounce = undefined;

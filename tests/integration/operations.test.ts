@@ -4,7 +4,7 @@
  * graceful stop, log formats and the Prometheus metrics.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -233,6 +233,28 @@ describe("policy reload", () => {
       'exota_milter_policy_reloads_total{result="failed"}': 2,
     });
     assert.equal(s.get("exota_milter_policy_entries"), 2);
+  });
+
+  it("a Kubernetes ConfigMap update (the ..data symlink swapped) reloads", async () => {
+    // The layout kubelet writes: policy.json -> ..data/policy.json, ..data -> ..<timestamp>/
+    const dir = join(scratchDir(), "configmap");
+    mkdirSync(join(dir, "..2026_11_28_a"), { recursive: true });
+    writeFileSync(join(dir, "..2026_11_28_a", "policy.json"), JSON.stringify(POLICY_OLD));
+    symlinkSync("..2026_11_28_a", join(dir, "..data"));
+    symlinkSync("..data/policy.json", join(dir, "policy.json"));
+    const m = await start({ ...RELOAD_ENV, MILTER_POLICY_FILE: join(dir, "policy.json") });
+    assert.deepEqual(await decide(m, "tenant.example", "K1"), CONTINUE);
+    await sleep(400); // the watch starts 200 ms after the listeners
+
+    const mark = m.proc.log().length;
+    mkdirSync(join(dir, "..2026_11_28_b"));
+    writeFileSync(join(dir, "..2026_11_28_b", "policy.json"), JSON.stringify(POLICY_NEW));
+    symlinkSync("..2026_11_28_b", join(dir, "..data_tmp"));
+    renameSync(join(dir, "..data_tmp"), join(dir, "..data"));
+    rmSync(join(dir, "..2026_11_28_a"), { recursive: true });
+    await m.proc.waitForLog(/"message":"policy reloaded from [^"]*: 2 domain\(s\)"/, 5000, mark);
+    assert.deepEqual(await decide(m, "new.example", "K2"), CONTINUE);
+    assert.deepEqual(await decide(m, "tenant.example", "K3"), rejected("K3", "No policy match for tenant-id"));
   });
 
   it("a file change reloads (atomic replace): invalid then valid, while mail flows on several connections", async () => {
