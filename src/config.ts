@@ -100,6 +100,21 @@ const uriList = v.pipe(
   v.minLength(1),
 );
 
+/**
+ * One parenthesised filter, its parentheses balanced (a literal one in a
+ * value is written \28 or \29 in RFC 4515, so every raw one counts); ldapts
+ * would send "(&(a=%d)" as it is and every lookup would fail.
+ */
+function oneFilter(filter: string): boolean {
+  let depth = 0;
+  for (let i = 0; i < filter.length; i++) {
+    if (filter[i] === "(") depth++;
+    else if (filter[i] === ")" && --depth === 0 && i !== filter.length - 1) return false;
+    if (depth < 0) return false;
+  }
+  return depth === 0;
+}
+
 const count = (env: string, flag: string, def: string, help: string, min = 1) =>
   setting(
     env,
@@ -219,8 +234,8 @@ export const SETTINGS = {
     "ldap-query",
     undefined,
     "search filter; %d is the From domain, escaped (required with ldap)",
-    "an LDAP filter in parentheses containing %d",
-    v.pipe(v.string(), v.trim(), v.regex(/^\(.*%d.*\)$/s)),
+    "an LDAP filter in balanced parentheses containing %d",
+    v.pipe(v.string(), v.trim(), v.regex(/^\(.*%d.*\)$/s), v.check(oneFilter)),
   ),
   ldapReceiveTimeout: seconds(
     "MILTER_LDAP_RECEIVE_TIMEOUT",

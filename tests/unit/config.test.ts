@@ -151,6 +151,9 @@ describe("environment names", () => {
       "MILTER_LDAP_QUERY (--ldap-query) is required when MILTER_POLICY_SOURCE is ldap",
     );
     assert.match(error([], { MILTER_LDAP_QUERY: "(cn=foo)" }), /^MILTER_LDAP_QUERY="\(cn=foo\)" is not valid: expected an LDAP filter/);
+    for (const unbalanced of ["(&(objectClass=x)(associatedDomain=%d)", "(associatedDomain=%d))", "(a=%d)(b=c)", "(a=%d))("]) {
+      assert.match(error([], { MILTER_LDAP_QUERY: unbalanced }), /is not valid: expected an LDAP filter in balanced parentheses/, unbalanced);
+    }
   });
 
   it("unknown policy source -> error", () => {
