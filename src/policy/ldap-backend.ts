@@ -67,8 +67,7 @@ export class LdapPolicyBackend {
    */
   async start(): Promise<void> {
     try {
-      const client = await this.#connect();
-      await client.search(this.config.searchBase, { scope: "base", attributes: ["1.1"], sizeLimit: 1 });
+      await this.#connect();
     } catch (e) {
       if (e instanceof LdapConfigError) throw e;
       if (isConfigError(e)) throw new LdapConfigError(`LDAP: ${describe(e)}`);
@@ -149,6 +148,9 @@ export class LdapPolicyBackend {
         try {
           if (this.config.startTls) await client.startTLS(this.#tls ?? {});
           if (this.config.bindDn !== "") await client.bind(this.config.bindDn, this.config.bindPassword);
+          // One round trip before saying "connected": an anonymous client has
+          // not sent a byte yet, and this also proves the search base exists.
+          await client.search(this.config.searchBase, { scope: "base", attributes: ["1.1"], sizeLimit: 1 });
           this.#client = client;
           this.#failures = 0;
           this.log.info("LDAP connected to {url}", { url });

@@ -566,6 +566,8 @@ describe("LDAP server that accepts connections but never answers", () => {
     const m = await startTcpMilter(silentEnv({ MILTER_LDAP_BINDDN: "", MILTER_LDAP_BINDPW: "" }));
     try {
       assert.match(m.proc.log(), /LDAP server unreachable at start-up.*timed out/);
+      // Nothing was answered, so nothing may claim a connection.
+      assert.doesNotMatch(m.proc.log(), /LDAP connected/);
       await sleep(700);
       await timedTempfails(m, 3);
     } finally {
