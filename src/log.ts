@@ -73,17 +73,24 @@ export function formatRecord(format: LogFormat, name: string, record: LogRecord)
 /**
  * All of `text` to fd 2 with write(2), as process.stderr does for files and
  * pipes on Linux, without its stream (whose set-up costs ~7 ms of start-up).
+ * A non-blocking fd that is full, or a failing one, hands over to the stream
+ * for good, so that no later line overtakes the rest of this one.
  */
 function writeStderr(text: string): void {
+  if (viaStream) {
+    process.stderr.write(text);
+    return;
+  }
   const bytes = encoder.encode(text);
   let done = 0;
   try {
     while (done < bytes.length) done += writeSync(2, bytes, done);
   } catch {
-    // A non-blocking fd that is full, or a closed one: let the stream cope.
+    viaStream = true;
     process.stderr.write(bytes.subarray(done));
   }
 }
+let viaStream = false;
 const encoder = new TextEncoder();
 
 /**
