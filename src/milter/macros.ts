@@ -1,8 +1,8 @@
 /**
  * Macro values by the stage that sent them. Connection stages (CONNECT,
  * HELO) outlive messages; message stages are cleared when a message ends.
- * Names are stored without braces: `{cert_subject}` and `cert_subject` are
- * one macro, as are `i` and `{i}`.
+ * Braces do not matter: `{cert_subject}` and `cert_subject` are one macro,
+ * as are `i` and `{i}`.
  * @module
  */
 import type { MacroCommandLetter } from "./types.ts";
@@ -13,41 +13,50 @@ const MESSAGE_STAGES: readonly MacroCommandLetter[] = ["M", "R", "T", "L", "N", 
 
 const bare = (name: string) => (name.length > 2 && name[0] === "{" && name[name.length - 1] === "}" ? name.slice(1, -1) : name);
 
+const RANK = new Map(ORDER.map((stage, i) => [stage, i]));
+const MESSAGE_RANKS = MESSAGE_STAGES.map((s) => RANK.get(s)!);
+
+type MacroList = ReadonlyArray<readonly [string, string]>;
+
 export class MacroStore {
-  #stages = new Map<MacroCommandLetter, Map<string, string>>();
+  /**
+   * The list each stage last sent, by rank in {@link ORDER}, kept as it came:
+   * a message brings ~20 macro frames and the filter reads three macros, so
+   * storing a reference beats filling a map.
+   */
+  #stages: Array<MacroList | undefined> = [];
 
   /** Replaces the macros of a stage, as libmilter does. */
-  set(stage: MacroCommandLetter, macros: ReadonlyArray<readonly [string, string]>): void {
-    // Maps are kept and cleared, not replaced: a message brings ~20 macro frames.
-    let m = this.#stages.get(stage);
-    if (m === undefined) this.#stages.set(stage, m = new Map<string, string>());
-    else m.clear();
-    for (let i = 0; i < macros.length; i++) {
-      const [name, value] = macros[i]!;
-      m.set(bare(name), value);
-    }
+  set(stage: MacroCommandLetter, macros: MacroList): void {
+    this.#stages[RANK.get(stage)!] = macros;
   }
 
+  /** The value from the latest stage that has it; within a stage the last one sent. */
   get(name: string): string | undefined {
     const key = bare(name);
-    for (let i = ORDER.length - 1; i >= 0; i--) {
-      const v = this.#stages.get(ORDER[i]!)?.get(key);
-      if (v !== undefined) return v;
+    const braced = `{${key}}`;
+    for (let s = ORDER.length - 1; s >= 0; s--) {
+      const list = this.#stages[s];
+      if (list === undefined) continue;
+      for (let i = list.length - 1; i >= 0; i--) {
+        const [n, value] = list[i]!;
+        if (n === key || n === braced) return value;
+      }
     }
     return undefined;
   }
 
   /** Forgets the stages after `stage` (a new MAIL keeps its own macros). */
   clearAfter(stage: MacroCommandLetter): void {
-    for (let i = ORDER.indexOf(stage) + 1; i < ORDER.length; i++) this.#stages.get(ORDER[i]!)?.clear();
+    this.#stages.length = Math.min(this.#stages.length, RANK.get(stage)! + 1);
   }
 
   /** Forgets every message stage; CONNECT and HELO macros stay. */
   clearMessage(): void {
-    for (const s of MESSAGE_STAGES) this.#stages.get(s)?.clear();
+    for (const r of MESSAGE_RANKS) this.#stages[r] = undefined;
   }
 
   clearAll(): void {
-    this.#stages.clear();
+    this.#stages.length = 0;
   }
 }

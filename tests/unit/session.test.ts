@@ -374,6 +374,26 @@ describe("macros", () => {
     assert.deepEqual(f.calls, ["reset"]);
   });
 
+  it("MacroStore: the latest stage wins, within a stage the last one sent; a stage is replaced whole", () => {
+    const m = new MacroStore();
+    m.set("C", [["j", "mx"], ["{i}", "from-connect"]]);
+    m.set("M", [["i", "Q1"], ["{mail_addr}", "a@x"], ["{i}", "Q1-last"]]);
+    assert.equal(m.get("i"), "Q1-last");
+    assert.equal(m.get("{i}"), "Q1-last");
+    m.set("E", [["i", "Q1-eom"]]);
+    assert.equal(m.get("i"), "Q1-eom");
+    assert.equal(m.get("mail_addr"), "a@x");
+    m.set("M", [["i", "Q2"]]);
+    assert.equal(m.get("mail_addr"), undefined, "the M stage was replaced");
+    m.clearAfter("M");
+    assert.equal(m.get("i"), "Q2");
+    m.clearMessage();
+    assert.equal(m.get("i"), "from-connect");
+    assert.equal(m.get("j"), "mx");
+    m.clearAll();
+    assert.equal(m.get("j"), undefined);
+  });
+
   it("MacroStore: `{}` and `{x` are names of their own", () => {
     const m = new MacroStore();
     m.set("C", [["{}", "empty"], ["{x", "open"]]);
