@@ -67,27 +67,37 @@ function stripComments(s: string): string | undefined {
  */
 function tokenize(s: string): string[] {
   const out: string[] = [];
+  const n = s.length;
+  /** The last token is `=`: the next word is a value. */
+  let afterEq = false;
   let i = 0;
-  while (i < s.length) {
-    const ch = s[i]!;
-    if (ch === " " || ch === "\t" || ch === "\r" || ch === "\n") {
+  while (i < n) {
+    const c = s.charCodeAt(i);
+    if (c === 0x20 || c === 0x09 || c === 0x0d || c === 0x0a) {
       i++;
-    } else if (ch === ";" || ((ch === "=" || ch === "/") && out[out.length - 1] !== "=")) {
-      out.push(ch);
+    } else if (c === 0x3b || (!afterEq && (c === 0x3d || c === 0x2f))) { // ; or, not after =, = /
+      out.push(s[i]!);
+      afterEq = c === 0x3d;
       i++;
-    } else if (ch === "\"") {
+    } else if (c === 0x22) { // a quoted string: kept with its opening quote, quoted-pairs resolved
       let text = "\"";
-      for (i++; i < s.length && s[i] !== "\""; i++) {
-        if (s[i] === "\\") i++;
-        if (i < s.length) text += s[i];
+      for (i++; i < n && s.charCodeAt(i) !== 0x22; i++) {
+        if (s.charCodeAt(i) === 0x5c) i++;
+        if (i < n) text += s[i];
       }
       i++;
       out.push(text);
+      afterEq = false;
     } else {
-      const stops = out[out.length - 1] === "=" ? " \t\r\n;" : " \t\r\n;=/\"";
       const start = i;
-      while (i < s.length && !stops.includes(s[i]!)) i++;
-      out.push(s.slice(start, i));
+      for (i++; i < n; i++) {
+        const d = s.charCodeAt(i);
+        if (d === 0x20 || d === 0x09 || d === 0x0d || d === 0x0a || d === 0x3b) break;
+        if (!afterEq && (d === 0x3d || d === 0x2f || d === 0x22)) break;
+      }
+      const word = s.slice(start, i);
+      out.push(word);
+      afterEq = word === "=";
     }
   }
   return out;
