@@ -15,18 +15,9 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test-deps.sh: run as root, e.g. sudo $0" >&2
   exit 1
 fi
-export DEBIAN_FRONTEND=noninteractive
 # slapd must not ask for a directory of its own: the tests start their own.
 echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 # Nor postfix: the e2e tests run their own instance, /etc/postfix stays unconfigured.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-packages=(miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-echo "test-deps.sh: ${packages[*]} installed"
+exec "$(dirname "$0")/apt-install.sh" test-deps.sh \
+  miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl
