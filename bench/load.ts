@@ -681,7 +681,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
 
   const startMessage = (c: Conn) => {
     if (idleMode && c.msgsOnConn >= opts.idleMessages) {
-      // Idle from now on (its ABORT goes out with the QUIT at the end).
+      // Idle from now on (its ABORT goes out with the QUIT at the end). What
+      // waits in the buffer (CONNECT and HELO when no message was sent) goes
+      // out now, as Postfix sends it when the SMTP client gets that far.
+      if (c.pending !== undefined) write(c, new Uint8Array(0));
       c.wait = Step.NONE;
       idleReady++;
       checkIdle();
