@@ -49,15 +49,29 @@ export function writePolicy(policy: unknown, dir = tempDir()): string {
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
+/** Ports handed out by this process: the kernel may give a closed port out again. */
+const handedOut = new Set<number>();
+
+/**
+ * A loopback TCP port nobody listens on, and one this process has not handed
+ * out before: two routes of the e2e chain once got the same port, and Postfix
+ * served both with the first one's milters.
+ */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((res, rej) => {
+      const s = createServer();
+      s.once("error", rej);
+      s.listen(0, "127.0.0.1", () => {
+        const p = (s.address() as { port: number }).port;
+        s.close(() => res(p));
+      });
     });
-  });
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
 
 export async function startMilter(opts: StartOptions = {}): Promise<MilterProcess> {
