@@ -14,8 +14,6 @@ import { parseSocketSpec, type SocketSpec } from "./server/socket-spec.ts";
 const TRUE_WORDS = ["true", "yes", "on", "1"];
 const FALSE_WORDS = ["false", "no", "off", "0"];
 
-const words = (list: readonly string[]) => list.join(", ");
-
 interface Setting<T> {
   readonly env: string;
   readonly flag: string;

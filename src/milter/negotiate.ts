@@ -2,7 +2,7 @@
  * Option negotiation: what the filter asks for, given what the MTA offers.
  * @module
  */
-import { Action, PROTOCOL_VERSION, Proto } from "./protocol.ts";
+import { Action, PROTOCOL_VERSION } from "./protocol.ts";
 import type { MacroRequest, Reply } from "./types.ts";
 
 export interface FilterNeeds {

@@ -110,7 +110,7 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
   }
 
   #growEntries(): void {
-    const cap = this.#keys.length;
+    const cap = this.#keys.length; // entries after growing: twice as many (two ints each)
     const grow = <T extends Int32Array | Uint8Array>(a: T, n: number): T => {
       const b = new (a.constructor as new (n: number) => T)(n);
       b.set(a);
