@@ -7,7 +7,7 @@
  * @module
  */
 
-/** A parsed mailbox; `domain` is lower-case, without trailing dot, A-label form. */
+/** A parsed mailbox; `domain` is lower-case, A-label form. */
 export interface Mailbox {
   readonly localPart: string;
   readonly domain: string;
@@ -120,6 +120,8 @@ function parseDomain(tokens: readonly Token[], from: number, to: number): { name
     else if (!wantAtom && isSpecial(t, ".")) name += ".";
     else return { error: `unexpected '${t.text}' in domain` };
   }
+  // A dot-atom has no trailing dot (RFC 5322 3.2.3): "tenant.example." is not tenant.example.
+  if (name.endsWith(".")) return { error: "trailing dot in domain" };
   const normal = normalizeDomain(name);
   return normal === undefined ? { error: `invalid domain '${name}'` } : { name: normal };
 }
@@ -128,7 +130,9 @@ const LDH_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /**
  * Lower-case, A-label (punycode) form of a domain name, or undefined when it
- * is not a syntactically valid host name.
+ * is not a syntactically valid host name. One trailing dot is dropped: a
+ * postmaster may write a policy key in absolute form. Names read from a
+ * message must not have one; their parsers reject it before calling this.
  */
 export function normalizeDomain(name: string): string | undefined {
   let d = name.toLowerCase();

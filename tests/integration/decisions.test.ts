@@ -167,6 +167,8 @@ describe("decisions with every check enabled", () => {
     it("two From headers reject", () =>
       check({ extraHeaders: [["From", "mallory@tenant.example"]] }, rejected("4XYZ1234AB", "Multiple 5322.from headers")));
     it("an unparsable From rejects", () => check({ from: "not an address" }, rejected("4XYZ1234AB", "Invalid 5322.from header")));
+    it("a From domain with a trailing dot rejects (it is not the policy's domain)", () =>
+      check({ from: "Alice <alice@tenant.example.>" }, rejected("4XYZ1234AB", "Invalid 5322.from header")));
     it("the From domain is looked up in lower case", () => check({ from: "Alice <Alice@TENANT.Example>" }, ok()));
     it("an internationalised From domain (UTF-8) matches the policy by its A-label", () =>
       check(

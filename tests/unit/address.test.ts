@@ -49,10 +49,6 @@ describe("parseMailbox: valid forms", () => {
   });
   it("A-label domain stays", () => valid("a@xn--mller-kva.example", "a", "xn--mller-kva.example"));
   it("upper case domain -> lower case, local part kept", () => valid("John.Doe@Tenant.EXAMPLE", "John.Doe", "tenant.example"));
-  it("trailing dot dropped", () => {
-    valid("a@tenant.example.", "a", "tenant.example");
-    valid("<A@Example.COM.>", "A", "example.com");
-  });
   it("dots repeating or trailing in the local part are tolerated", () => valid("a..b.@tenant.example", "a..b.", "tenant.example"));
   it("single-label domain", () => valid("root@localhost", "root", "localhost"));
 });
@@ -86,6 +82,11 @@ describe("parseMailbox: invalid forms", () => {
   });
   it("two @", () => invalid("a@b@c.example", "unexpected '@' in domain"));
   it("empty domain label", () => invalid("a@x..example", "unexpected '.' in domain"));
+  it("trailing dot in the domain (no dot-atom ends with a dot)", () => {
+    invalid("a@tenant.example.", "trailing dot in domain");
+    invalid("<A@Example.COM.>", "trailing dot in domain");
+    invalid("a@tenant.example (c) . (c)", "trailing dot in domain");
+  });
   it("invalid host names", () => {
     invalid("a@-x.example", "invalid domain '-x.example'");
     invalid("a@x_y.example", "invalid domain 'x_y.example'");

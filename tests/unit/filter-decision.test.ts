@@ -236,7 +236,7 @@ describe("step 2: From", () => {
   });
 
   it("From domain is lower-cased and IDN-normalized for lookup and header", async () => {
-    const o = await run({ headers: msg("Jörg <j@MÜLLER.example.>") });
+    const o = await run({ headers: msg("Jörg <j@MÜLLER.example>") });
     assert.deepEqual(o.replies, [added({ from: "xn--mller-kva.example", dkim: false, aligned: false, x509: false, forwarded: false }), { type: "continue" }]);
   });
 });
