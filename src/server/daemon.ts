@@ -15,6 +15,7 @@ import { type ConnectionHandle, serveConnection } from "./connection.ts";
 import { inheritedFds, type Listener, listenOn, listenOnFd, type MilterSocket, type SocketEvents } from "./listen.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
+import { runtime } from "./runtime.ts";
 
 export function logDecision(log: Logger, conn: string, r: DecisionRecord, reportOnly: boolean): void {
   const v = r.verdict;
@@ -54,7 +55,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   const policy = opened;
   // A big policy file leaves its bytes (150 MB for a million domains) as
   // garbage: collect them before serving rather than whenever the GC sees fit.
-  if ((policy.entries() ?? 0) > 100_000) Bun.gc(true);
+  if ((policy.entries() ?? 0) > 100_000) runtime.collectGarbage();
   // Watching costs ~8 ms (inotify, Bun's watch module): it starts after the
   // first connections of a socket-activated start are answered; watch()
   // catches up on a change made in between.

@@ -1,13 +1,12 @@
 /**
  * Listening sockets: TCP, unix (a stale socket file is replaced, the mode
- * set) and sockets inherited from systemd (LISTEN_FDS), which win.
- *
- * Bun.listen rather than node:net: ~30% less CPU per request and a lighter
- * socket object per connection (DESIGN.md section 6). Its `write` may take
- * only part of the bytes; the connection queues the rest until `drain`.
+ * set) and sockets inherited from systemd (LISTEN_FDS), which win. The
+ * runtime's own sockets do the work (runtime.ts); this module knows no
+ * runtime.
  * @module
  */
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { runtime } from "./runtime.ts";
 import { formatSocketSpec, type SocketSpec } from "./socket-spec.ts";
 
 export interface Listener {
@@ -49,32 +48,6 @@ export interface SocketEvents {
  */
 export type ConnectionHandler = (socket: MilterSocket, listener: string, tcp: boolean) => SocketEvents | undefined;
 
-type Handler = import("bun").SocketHandler<SocketEvents | undefined>;
-
-function handler(name: string, onConnection: ConnectionHandler): Handler {
-  return {
-    binaryType: "uint8array",
-    open(s) {
-      s.data = onConnection(s as unknown as MilterSocket, name, s.remoteAddress !== undefined && s.remoteAddress !== "");
-    },
-    // binaryType "uint8array": plain views, no Buffer objects.
-    data(s, chunk: Uint8Array) {
-      s.data?.data(chunk);
-    },
-    drain(s) {
-      s.data?.writable();
-    },
-    close(s) {
-      const events = s.data;
-      s.data = undefined;
-      events?.close();
-    },
-    error(s, e) {
-      s.data?.error(e);
-    },
-  };
-}
-
 /** "Failed to listen at HOST EADDRINUSE" -> with the code spelt out. */
 function listenError(e: unknown, where: string): Error {
   const code = (e as { code?: string }).code;
@@ -90,17 +63,6 @@ export function inheritedFds(env: Readonly<Record<string, string | undefined>>, 
   return Array.from({ length: count }, (_, i) => ({ fd: 3 + i, name: names[i] || `fd${3 + i}` }));
 }
 
-/** Resolves true when something accepts connections on the unix socket. */
-async function inUse(path: string): Promise<boolean> {
-  try {
-    const s = await Bun.connect({ unix: path, socket: { data() {}, connectError() {} } });
-    s.end();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function removeStaleSocket(path: string): Promise<void> {
   let st;
   try {
@@ -109,44 +71,39 @@ async function removeStaleSocket(path: string): Promise<void> {
     return; // nothing there
   }
   if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; not replacing it`);
-  if (await inUse(path)) throw new Error(`${path} is in use by another process`);
+  if (await runtime.unixInUse(path)) throw new Error(`${path} is in use by another process`);
   unlinkSync(path);
 }
 
 export async function listenOn(spec: SocketSpec, socketMode: number, onConnection: ConnectionHandler): Promise<Listener> {
   const name = formatSocketSpec(spec);
-  const socket = handler(name, onConnection);
   if (spec.kind === "unix") {
     await removeStaleSocket(spec.path);
     let server;
     try {
-      server = Bun.listen<SocketEvents | undefined>({ unix: spec.path, socket });
+      server = runtime.listenUnix(spec.path, name, onConnection);
     } catch (e) {
       throw listenError(e, spec.path);
     }
     chmodSync(spec.path, socketMode);
-    return { name, path: spec.path, close: () => server.stop(false) };
+    return { name, path: spec.path, close: () => server.close() };
   }
   let server;
   try {
-    // Accepted TCP sockets get TCP_NODELAY from Bun: each reply batch goes out at once.
-    const options = { hostname: spec.host, port: spec.port, ipv6Only: spec.family === 6, socket };
-    server = Bun.listen<SocketEvents | undefined>(options);
+    server = runtime.listenTcp(spec.host, spec.port, spec.family === 6, name, onConnection);
   } catch (e) {
     throw listenError(e, spec.host.includes(":") ? `[${spec.host}]:${spec.port}` : `${spec.host}:${spec.port}`);
   }
-  return { name, close: () => server.stop(false) };
+  return { name, close: () => server.close() };
 }
 
-export function listenOnFd(fd: number, name: string, onConnection: ConnectionHandler): Promise<Listener> {
+export async function listenOnFd(fd: number, name: string, onConnection: ConnectionHandler): Promise<Listener> {
   const label = `systemd:${name}`;
   let server;
   try {
-    // `fd` is not in bun's types, but Bun.listen accepts an inherited listening socket.
-    const options = { fd, socket: handler(label, onConnection) } as unknown as import("bun").TCPSocketListenOptions<SocketEvents | undefined>;
-    server = Bun.listen<SocketEvents | undefined>(options);
+    server = await runtime.listenFd(fd, label, onConnection);
   } catch (e) {
-    return Promise.reject(listenError(e, `fd ${fd}`));
+    throw listenError(e, `fd ${fd}`);
   }
-  return Promise.resolve({ name: label, close: () => server.stop(false) });
+  return { name: label, close: () => server.close() };
 }
