@@ -162,12 +162,16 @@ export function parseAuthResults(fieldBody: string): AuthResults | undefined {
 /**
  * The signing domain of a DKIM result: `header.d`, or the domain of
  * `header.i` only when `header.d` is absent; normalized like From domains.
+ * Undefined when it is no domain name, also for a trailing dot: a DKIM `d=`
+ * tag has none (RFC 6376 3.5), so `tenant.example.` names no domain.
  */
 export function dkimDomain(r: AuthResult): string | undefined {
   const d = r.props.get("header.d");
-  if (d !== undefined) return normalizeDomain(d);
+  if (d !== undefined) return signingDomain(d);
   const i = r.props.get("header.i");
   if (i === undefined) return undefined;
   const at = i.lastIndexOf("@");
-  return normalizeDomain(at >= 0 ? i.slice(at + 1) : i);
+  return signingDomain(at >= 0 ? i.slice(at + 1) : i);
 }
+
+const signingDomain = (name: string) => (name.endsWith(".") ? undefined : normalizeDomain(name));

@@ -257,6 +257,13 @@ describe("decisions with every check enabled", () => {
       check({ authResults: [], tenantIds: [] }, rejected("4XYZ1234AB", "Tenant-ID is missing!")));
     it("not aligned is rejected when the policy requires alignment", () =>
       check({ authResults: [dkimPass("tenant.onmicrosoft.com")] }, rejected("4XYZ1234AB", "DKIM alignment required!")));
+    it("a pass whose header.d has a trailing dot is not aligned (a d= tag has no trailing dot)", () =>
+      check({ authResults: [dkimPass("tenant.example.")] }, rejected("4XYZ1234AB", "DKIM alignment required!")));
+    it("such a pass counts only as a pass of no domain where the policy waives alignment", () =>
+      check(
+        { from: "a@relaxed.example", tenantIds: [OTHER_TENANT], authResults: [dkimPass("relaxed.example.")] },
+        accepted(0, addedHeader({ domain: "relaxed.example", dkim: true, aligned: false, x509: true, forwarded: false })),
+      ));
     it("alignment is required by default (policy without the key)", () =>
       check(
         { from: "a@defaults.example", authResults: [dkimPass("tenant.onmicrosoft.com")] },

@@ -172,7 +172,7 @@ describe("dkimDomain", () => {
   };
 
   it("header.d, normalized", () => {
-    assert.equal(first("mx; dkim=pass header.d=Tenant.EXAMPLE."), "tenant.example");
+    assert.equal(first("mx; dkim=pass header.d=Tenant.EXAMPLE"), "tenant.example");
     assert.equal(first("mx; dkim=pass header.d=müller.example"), "xn--mller-kva.example");
   });
 
@@ -189,6 +189,12 @@ describe("dkimDomain", () => {
 
   it("an invalid header.d gives undefined, not header.i", () => {
     assert.equal(first("mx; dkim=pass header.d=bad_domain header.i=@tenant.example"), undefined);
+  });
+
+  it("a trailing dot names no domain (a d= tag has none), and header.i does not stand in", () => {
+    assert.equal(first("mx; dkim=pass header.d=tenant.example."), undefined);
+    assert.equal(first("mx; dkim=pass header.d=tenant.example. header.i=@tenant.example"), undefined);
+    assert.equal(first("mx; dkim=pass header.i=@tenant.example."), undefined);
   });
 
   it("neither -> undefined", () => {

@@ -145,6 +145,13 @@ const CASES: Case[] = [
     expect: reject("DKIM alignment required!"),
   },
 
+  { name: "header.d with a trailing dot is not aligned", headers: message("ceo@tenant.example", [], "tenant.example."), expect: reject("DKIM alignment required!") },
+  {
+    name: "header.d with a trailing dot is no pass for that domain even where header.i names it",
+    headers: message("ceo@tenant.example", [], "tenant.example.").map(([n, v]) => [n, n === "Authentication-Results" ? v.replace("header.i=@tenant.example.", "header.i=@tenant.example") : v] as const),
+    expect: reject("DKIM alignment required!"),
+  },
+
   // Tenant id
   { name: "second, different tenant id", headers: message("ceo@tenant.example", [["X-MS-Exchange-CrossTenant-Id", ROGUE_TENANT]]), expect: reject("Multiple/different tenant-ID headers found!") },
   { name: "same tenant id twice in other case", headers: message("ceo@tenant.example", [["X-MS-Exchange-CrossTenant-Id", VICTIM_TENANT.toUpperCase()]]), expect: accept("tenant.example") },
