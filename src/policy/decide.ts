@@ -84,7 +84,8 @@ export type Trace = (line: string) => void;
 export interface Analysis {
   readonly x509: { readonly ok: true; readonly checked: boolean } | { readonly ok: false; readonly reason: string };
   readonly from: { readonly ok: true; readonly domain: string } | { readonly ok: false; readonly reason: string };
-  readonly resentFromDomain: string | undefined;
+  /** The topmost Resent-From; undefined when there is none. */
+  readonly resentFrom: { readonly ok: true; readonly domain: string } | { readonly ok: false; readonly reason: string } | undefined;
   /** Distinct tenant ids, lower-case, in order of appearance. */
   readonly tenantIds: readonly string[];
   /** Signing domains of the trusted `dkim=pass` results ("" when none is named). */
@@ -127,13 +128,17 @@ function analyzeFrom(values: readonly string[], trace?: Trace): Analysis["from"]
   return { ok: true, domain: parsed.mailbox.domain };
 }
 
-/** The topmost Resent-From counts; an unparsable one is ignored, as in the original. */
-function analyzeResentFrom(values: readonly string[], trace?: Trace): string | undefined {
+/**
+ * The topmost Resent-From counts: each resend puts its block on top (RFC 5322
+ * 3.6.6), so it names the latest one. When it cannot be parsed, none below
+ * stands in for it (the original takes the bottom-most parsable one).
+ */
+function analyzeResentFrom(values: readonly string[], trace?: Trace): Analysis["resentFrom"] {
   if (values.length === 0) return undefined;
   const parsed = parseMailbox(values[0]!);
-  if (parsed.ok) return parsed.mailbox.domain;
-  trace?.(`resent-from: ignored, cannot parse ${JSON.stringify(values[0])}: ${parsed.error}`);
-  return undefined;
+  if (parsed.ok) return { ok: true, domain: parsed.mailbox.domain };
+  trace?.(`resent-from: cannot parse ${JSON.stringify(values[0])}: ${parsed.error}`);
+  return { ok: false, reason: "Invalid 5322.resent-from header" };
 }
 
 function trustedDkimPasses(
@@ -174,7 +179,7 @@ export function analyze(facts: MessageFacts, config: DecisionConfig, trace?: Tra
   return {
     x509: checkX509(facts, config, trace),
     from: analyzeFrom(facts.headers.from, trace),
-    resentFromDomain: analyzeResentFrom(facts.headers.resentFrom, trace),
+    resentFrom: analyzeResentFrom(facts.headers.resentFrom, trace),
     tenantIds,
     dkimPasses: dkim.passes,
     misplacedAuthResults: dkim.misplaced,
@@ -216,8 +221,9 @@ export function decide(a: Analysis, config: DecisionConfig, answers: PolicyAnswe
       policy = fromAnswer.policy;
       break;
     case "not_found": {
-      const resent = a.resentFromDomain;
-      if (resent === undefined) return reject(`No policy for 5322.from_domain ${fromDomain}`, fromDomain);
+      if (a.resentFrom === undefined) return reject(`No policy for 5322.from_domain ${fromDomain}`, fromDomain);
+      if (!a.resentFrom.ok) return reject(a.resentFrom.reason, fromDomain);
+      const resent = a.resentFrom.domain;
       const resentAnswer = answers.resentFrom;
       if (resentAnswer === undefined) {
         trace?.(`policy: none for ${fromDomain}, trying 5322.resent_from_domain ${resent}`);

@@ -207,6 +207,27 @@ describe("decisions with every check enabled", () => {
       ));
     it("a Resent-From is not used when the From domain has a policy", () =>
       check({ resentFrom: "fwd@relaxed.example" }, ok()));
+    it("several Resent-From: the topmost (the latest resend) decides", () =>
+      check(
+        { from: "carol@customer.example", resentFrom: "fwd@stranger.example", extraHeaders: [["Resent-From", "fwd@relaxed.example"]] },
+        rejected("4XYZ1234AB", "No policy for 5322.resent_from_domain stranger.example"),
+      ));
+    it("an unparsable topmost Resent-From rejects; a parsable one below does not stand in", () =>
+      check(
+        {
+          from: "carol@customer.example",
+          resentFrom: "fwd@relaxed.example.",
+          tenantIds: [OTHER_TENANT],
+          authResults: [dkimPass("relaxed.example")],
+          extraHeaders: [["Resent-From", "fwd@relaxed.example"]],
+        },
+        rejected("4XYZ1234AB", "Invalid 5322.resent-from header"),
+      ));
+    it("a Resent-From domain with a trailing dot is invalid", () =>
+      check(
+        { from: "carol@customer.example", resentFrom: "Fwd <fwd@relaxed.example.>", tenantIds: [OTHER_TENANT], authResults: [dkimPass("relaxed.example")] },
+        rejected("4XYZ1234AB", "Invalid 5322.resent-from header"),
+      ));
   });
 
   describe("tenant id", () => {

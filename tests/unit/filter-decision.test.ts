@@ -338,9 +338,21 @@ describe("step 4: policy lookup", () => {
     assert.deepEqual(o.replies, tempfail("Policy backend problem"));
   });
 
-  it("unparsable Resent-From is ignored (counts as absent)", async () => {
-    const o = await run({ headers: msg("alice@partner.example", [["Resent-From", "a@x, b@forwarder.example"]]) });
-    assert.deepEqual(o.replies, reject("No policy for 5322.from_domain partner.example"));
+  it("unparsable Resent-From, needed because the From domain has no policy -> reject, never skipped", async () => {
+    for (const resentFrom of ["a@x, b@forwarder.example", "bob@forwarder.example.", "not an address"]) {
+      const o = await run({ headers: msg("alice@partner.example", [["Resent-From", resentFrom]]) });
+      assert.deepEqual(o.replies, reject("Invalid 5322.resent-from header"), resentFrom);
+    }
+  });
+
+  it("unparsable topmost Resent-From: a parsable one below does not stand in", async () => {
+    const o = await run({ headers: msg("alice@partner.example", [["Resent-From", "bob@forwarder.example."], ["Resent-From", "bob@forwarder.example"]]) });
+    assert.deepEqual(o.replies, reject("Invalid 5322.resent-from header"));
+  });
+
+  it("unparsable Resent-From is not read when the From domain has a policy", async () => {
+    const o = await run({ headers: msg(undefined, [["Resent-From", "a@x, b@forwarder.example"]]) });
+    assert.equal(o.replies.at(-1)?.type, "continue");
   });
 
   it("the topmost Resent-From counts", async () => {
@@ -790,7 +802,7 @@ describe("decision functions", () => {
     assert.deepEqual(a, {
       x509: { ok: true, checked: false },
       from: { ok: true, domain: "tenant.example" },
-      resentFromDomain: "fwd.example",
+      resentFrom: { ok: true, domain: "fwd.example" },
       tenantIds: [TENANT],
       dkimPasses: ["tenant.example"],
       misplacedAuthResults: 0,
