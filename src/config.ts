@@ -209,7 +209,20 @@ export const SETTINGS = {
     "most header bytes per message (Postfix's header_size_limit is 102400); more tempfails it",
   ),
   maxConnections: count("MILTER_MAX_CONNECTIONS", "max-connections", "1000", "most milter connections at once; more are closed"),
-  idleTimeout: seconds("MILTER_IDLE_TIMEOUT", "idle-timeout", "600", "seconds a connection may be silent before it is closed", 1),
+  idleTimeout: seconds(
+    "MILTER_IDLE_TIMEOUT",
+    "idle-timeout",
+    "600",
+    "seconds a connection may be silent, or take to send one frame from its first byte, before it is closed",
+    1,
+  ),
+  messageTimeout: seconds(
+    "MILTER_MESSAGE_TIMEOUT",
+    "message-timeout",
+    "600",
+    "seconds one message may take from MAIL to end of message before its connection is closed",
+    1,
+  ),
   ldapUris: setting(
     "MILTER_LDAP_SERVER_URI",
     "ldap-server-uri",
@@ -370,6 +383,7 @@ export interface Config {
   readonly maxFrame: number;
   readonly maxConnections: number;
   readonly idleTimeoutMs: number;
+  readonly messageTimeoutMs: number;
   readonly shutdownTimeoutMs: number;
   readonly policyWatch: boolean;
   readonly metricsListen: { readonly host: string; readonly port: number } | undefined;
@@ -523,6 +537,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
     maxFrame: c.maxFrame,
     maxConnections: c.maxConnections,
     idleTimeoutMs: c.idleTimeout * 1000,
+    messageTimeoutMs: c.messageTimeout * 1000,
     shutdownTimeoutMs: c.shutdownTimeout * 1000,
     policyWatch: c.policyWatch,
     metricsListen: c.metricsListen,

@@ -15,11 +15,21 @@ export interface ConnectionOptions {
   readonly connId: string;
   readonly filter: Filter;
   readonly maxFrame: number;
-  /** Close the connection after this long without a byte from the MTA. */
+  /**
+   * Close the connection after this long without a byte from the MTA, or
+   * when a frame is not complete this long after its first byte.
+   */
   readonly idleTimeoutMs: number;
+  /** Close the connection when a message is not finished this long after MAIL. */
+  readonly messageTimeoutMs: number;
   readonly log: Logger;
   readonly onClose?: () => void;
+  /** The connection was closed for a timeout (logged once already). */
+  readonly onTimeout?: (kind: TimeoutKind) => void;
 }
+
+/** Why a connection timed out: silence, a frame sent too slowly, a message taking too long. */
+export type TimeoutKind = "idle" | "frame" | "message";
 
 export interface ConnectionHandle {
   /**
@@ -92,6 +102,12 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
   /** Reply bytes the kernel did not take yet; reading is paused meanwhile. */
   let unsent: Uint8Array | undefined;
   let lastRead = performance.now();
+  /** When the first byte of the incomplete frame in the reader arrived. */
+  let frameStart: number | undefined;
+  /** When the message in progress began (MAIL, or its first header). */
+  let messageStart: number | undefined;
+  /** Frames taken from the reader so far. */
+  let frames = 0;
   let closedAt = 0;
   const sweep = sweepFor(opts.idleTimeoutMs);
 
@@ -139,6 +155,7 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
     while (!busy && !closed) {
       const frame = reader.next();
       if (frame === undefined) break;
+      frames++;
       if (!frame.ok) return close(true, `malformed frame: ${frame.error}`);
       const cmd = decodeCommand(frame.value.code, frame.value.payload);
       if (!cmd.ok) return close(true, `malformed command: ${cmd.error}`);
@@ -155,7 +172,10 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
         out.then((o) => {
           busy = false;
           apply(o);
+          const before = frames;
           process();
+          // A frame left incomplete began with a read before this moment: lastRead is a lenient start.
+          clocks(lastRead, frames !== before);
         }, (e) => {
           log.error("bug while handling {command}: {error}", { conn: opts.connId, command: cmd.value.type, error: e });
           close(true, "internal error");
@@ -167,14 +187,35 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
     flush();
   };
 
+  /** Starts or stops the frame and message clocks after frames were taken from the reader. */
+  const clocks = (now: number, tookFrames: boolean) => {
+    if (reader.buffered === 0) frameStart = undefined;
+    else if (frameStart === undefined || tookFrames) frameStart = now;
+    if (!session.inMessage) messageStart = undefined;
+    else messageStart ??= now;
+  };
+
+  /** Logs once (close does), counts, closes. */
+  const timeout = (kind: TimeoutKind, reason: string) => {
+    close(true, reason);
+    opts.onTimeout?.(kind);
+  };
+
   const watched: Watched = {
     check(now) {
       if (gone) return;
       if (closed) {
         // We closed, the MTA does not: do not keep the socket forever.
         if (now - closedAt > CLOSE_GRACE_MS) socket.terminate();
+      } else if (busy || unsent !== undefined) {
+        // Waiting for our policy backend or for the MTA to read our replies: not the MTA's delay.
       } else if (now - lastRead >= opts.idleTimeoutMs) {
-        close(true, `idle for ${opts.idleTimeoutMs / 1000} s`);
+        timeout("idle", `idle for ${opts.idleTimeoutMs / 1000} s`);
+      } else if (frameStart !== undefined && now - frameStart >= opts.idleTimeoutMs) {
+        // A byte now and then restarts the idle clock: a trickling client would hold its slot forever.
+        timeout("frame", `frame not complete ${opts.idleTimeoutMs / 1000} s after its first byte`);
+      } else if (messageStart !== undefined && now - messageStart >= opts.messageTimeoutMs) {
+        timeout("message", `message not finished ${opts.messageTimeoutMs / 1000} s after MAIL (MILTER_MESSAGE_TIMEOUT)`);
       }
     },
   };
@@ -183,9 +224,11 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
   return {
     data(chunk: Uint8Array) {
       if (closed) return;
-      lastRead = performance.now();
+      const now = lastRead = performance.now();
+      const before = frames;
       reader.push(chunk);
       process();
+      clocks(now, frames !== before);
     },
     writable() {
       const rest = unsent;

@@ -91,6 +91,8 @@ export async function runDaemon(config: Config, version: string, fail: (message:
       filter,
       maxFrame: config.maxFrame,
       idleTimeoutMs: config.idleTimeoutMs,
+      messageTimeoutMs: config.messageTimeoutMs,
+      onTimeout: (kind) => metrics.timedOut(kind),
       log: sessionLog,
       onClose: () => {
         open.delete(socket);

@@ -4,6 +4,7 @@
  * @module
  */
 import type { Server } from "node:http";
+import type { TimeoutKind } from "./connection.ts";
 
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
@@ -32,6 +33,7 @@ export class Metrics {
   #latencySum = 0;
   #latencyCount = 0;
   #connections = 0;
+  readonly #timedOut: Record<TimeoutKind, number> = { idle: 0, frame: 0, message: 0 };
   #reloadsOk = 0;
   #reloadsFailed = 0;
 
@@ -55,6 +57,10 @@ export class Metrics {
     this.#connections++;
   }
 
+  timedOut(kind: TimeoutKind): void {
+    this.#timedOut[kind]++;
+  }
+
   reloaded(ok: boolean): void {
     if (ok) this.#reloadsOk++;
     else this.#reloadsFailed++;
@@ -75,6 +81,12 @@ export class Metrics {
     out.push(`exota_milter_connections_open ${this.sources.connectionsOpen()}`);
     metric("exota_milter_connections_total", "counter", "Milter connections accepted.");
     out.push(`exota_milter_connections_total ${this.#connections}`);
+    metric(
+      "exota_milter_connections_timed_out_total",
+      "counter",
+      "Milter connections closed for a timeout: idle (silent), frame (one frame too slow), message (MAIL to end of message too slow).",
+    );
+    for (const [kind, n] of Object.entries(this.#timedOut)) out.push(`exota_milter_connections_timed_out_total{timeout="${kind}"} ${n}`);
     metric("exota_milter_policy_reloads_total", "counter", "Policy reloads, by result.");
     out.push(`exota_milter_policy_reloads_total{result="ok"} ${this.#reloadsOk}`);
     out.push(`exota_milter_policy_reloads_total{result="failed"} ${this.#reloadsFailed}`);

@@ -1,0 +1,132 @@
+/**
+ * Faults an operator's worst day brings, against the compiled binary over
+ * real sockets: clients that trickle bytes, a message that never ends.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { accepted, message, policyFile, removeScratch, startTcpMilter, type TcpMilter } from "../lib/fixtures.ts";
+import { scrape, series } from "../lib/metrics.ts";
+import { type MilterClient, rawFrame } from "../lib/milter-client.ts";
+import { freePort } from "../lib/milter-process.ts";
+
+after(removeScratch);
+
+const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
+
+/** Sends `bytes` one at a time every `everyMs` until done or the connection is closed; resolves when closed. */
+async function trickle(c: MilterClient, bytes: Uint8Array, everyMs: number): Promise<void> {
+  for (let i = 0; i < bytes.length && !c.closed; i++) {
+    c.sendRaw(bytes.subarray(i, i + 1));
+    await sleep(everyMs);
+  }
+}
+
+/** A header frame of about 100 bytes: at 4 bytes/s it takes 25 s to arrive. */
+const SLOW_HEADER = rawFrame(0x4c, new TextEncoder().encode(`X-Slow\0${"x".repeat(90)}\0`));
+
+describe("slow clients", () => {
+  let m: TcpMilter;
+  let metricsPort: number;
+  const SLOTS = 8;
+  before(async () => {
+    metricsPort = await freePort();
+    m = await startTcpMilter({
+      MILTER_POLICY_FILE: policyFile(),
+      MILTER_IDLE_TIMEOUT: "2",
+      MILTER_MAX_CONNECTIONS: String(SLOTS),
+      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+      LOG_FORMAT: "text",
+    });
+  });
+  after(async () => {
+    await m?.proc.stop();
+  });
+
+  it("clients sending one frame at 4 bytes/s cannot hold the slots: each is closed 2 s (MILTER_IDLE_TIMEOUT) after its frame began", async () => {
+    const from = m.proc.log().length;
+    const slow: MilterClient[] = [];
+    try {
+      for (let i = 0; i < SLOTS; i++) {
+        const c = await m.connect();
+        await c.sendMessage(message({ queueId: `SLOW${i}`, stopAfterHeaders: true }));
+        slow.push(c);
+      }
+      const t0 = performance.now();
+      const trickling = slow.map((c) => trickle(c, SLOW_HEADER, 250));
+      await Promise.all(slow.map((c) => c.waitClosed(6000)));
+      const elapsed = performance.now() - t0;
+      assert.ok(elapsed >= 1800, `closed after ${elapsed} ms, before the 2 s timeout`);
+      await Promise.all(trickling);
+      // Mail flows again.
+      const c = await m.connect();
+      try {
+        assert.deepEqual(await c.sendMessage(message({ queueId: "AFTERSLOW" })), accepted(0));
+      } finally {
+        c.destroy();
+      }
+      const lines = m.proc.log().slice(from).split("\n").filter((l) => l.includes("frame not complete 2 s after its first byte"));
+      assert.equal(lines.length, SLOTS, m.proc.log().slice(from));
+      assert.match(lines[0]!, /WARNING .*closing connection: "frame not complete 2 s after its first byte" conn=\d+/);
+      const s = await scrape(metricsPort);
+      assert.equal(series(s, "exota_milter_connections_timed_out_total")['exota_milter_connections_timed_out_total{timeout="frame"}'], SLOTS);
+    } finally {
+      for (const c of slow) c.destroy();
+    }
+  });
+});
+
+describe("MILTER_MESSAGE_TIMEOUT", () => {
+  let m: TcpMilter;
+  let metricsPort: number;
+  before(async () => {
+    metricsPort = await freePort();
+    m = await startTcpMilter({
+      MILTER_POLICY_FILE: policyFile(),
+      MILTER_IDLE_TIMEOUT: "2",
+      MILTER_MESSAGE_TIMEOUT: "3",
+      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+      LOG_FORMAT: "text",
+    });
+  });
+  after(async () => {
+    await m?.proc.stop();
+  });
+
+  it("a message sending a header every 0.5 s is closed 3 s after MAIL; messages that finish in time share a connection for longer", async () => {
+    const from = m.proc.log().length;
+    const dragging = await m.connect();
+    const steady = await m.connect();
+    try {
+      await dragging.sendMessage(message({ queueId: "DRAG1", stopAfterHeaders: true }));
+      const t0 = performance.now();
+      // The steady connection: a message every 0.5 s, for longer than the message timeout.
+      const steadyRun = (async () => {
+        let n = 0;
+        while (performance.now() - t0 < 4500) {
+          assert.deepEqual(await steady.sendMessage(message({ queueId: `STEADY${n++}` })), accepted(0));
+          await sleep(500);
+        }
+        return n;
+      })();
+      for (let i = 0; !dragging.closed && i < 20; i++) {
+        await dragging.send({ type: "header", name: "X-Drag", value: String(i) });
+        await sleep(500);
+      }
+      await dragging.waitClosed(2000);
+      const elapsed = performance.now() - t0;
+      assert.ok(elapsed >= 2800 && elapsed < 5000, `closed after ${elapsed} ms, timeout 3 s`);
+      assert.ok((await steadyRun) >= 8);
+      assert.equal(steady.closed, false);
+      await m.proc.waitForLog(/WARNING .*closing connection: "message not finished 3 s after MAIL \(MILTER_MESSAGE_TIMEOUT\)"/, 1000, from);
+      const s = await scrape(metricsPort);
+      assert.deepEqual(series(s, "exota_milter_connections_timed_out_total"), {
+        'exota_milter_connections_timed_out_total{timeout="idle"}': 0,
+        'exota_milter_connections_timed_out_total{timeout="frame"}': 0,
+        'exota_milter_connections_timed_out_total{timeout="message"}': 1,
+      });
+    } finally {
+      dragging.destroy();
+      steady.destroy();
+    }
+  });
+});
