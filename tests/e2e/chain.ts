@@ -376,6 +376,8 @@ export interface ChainOptions {
    * Each route is one smtpd listener on its own loopback port.
    */
   readonly routes: Record<string, readonly string[]>;
+  /** main.cf settings on top of the chain's own (the bench sets in_flow_delay). */
+  readonly main?: Record<string, string>;
 }
 
 export class Chain {
@@ -503,6 +505,7 @@ export class Chain {
       maillog_file_prefixes: this.dir,
       smtputf8_enable: "no",
       biff: "no",
+      ...opts.main,
     };
     writeFileSync(join(this.#postfixConf, "main.cf"), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join("\n") + "\n");
     const services = [
@@ -616,6 +619,26 @@ export class Chain {
     return parseDelivered(found!);
   }
 
+  get opendkimPid(): number | undefined {
+    return this.#opendkim?.pid;
+  }
+
+  /**
+   * Takes the messages smtp-sink has written completely so far (raw text)
+   * and removes their files: the bench counts deliveries with it.
+   */
+  takeDelivered(): string[] {
+    const out: string[] = [];
+    for (const name of readdirSync(this.#sinkDir)) {
+      const file = join(this.#sinkDir, name);
+      const raw = readFileSync(file, "utf8");
+      if (!/\ne2e-end \S+\n/.test(raw)) continue;
+      out.push(raw);
+      rmSync(file);
+    }
+    return out;
+  }
+
   postfixLog(): string {
     try {
       return readFileSync(join(this.dir, "postfix.log"), "utf8");
@@ -624,7 +647,8 @@ export class Chain {
     }
   }
 
-  #masterPid(): number | undefined {
+  /** PID of the Postfix master process (its children are the rest of Postfix). */
+  masterPid(): number | undefined {
     try {
       return Number(readFileSync(join(this.dir, "queue/pid/master.pid"), "utf8").trim()) || undefined;
     } catch {
@@ -638,7 +662,7 @@ export class Chain {
     this.#stopped = true;
     const errors: unknown[] = [];
     if (this.#postfixStarted) {
-      const pid = this.#masterPid();
+      const pid = this.masterPid();
       await exec(TOOLS.postfix, ["-c", this.#postfixConf, "stop"]).catch((e) => errors.push(e));
       if (pid !== undefined) {
         await waitUntil("postfix master to exit", () => !alive(pid), 3000, 50).catch(() => {
