@@ -396,6 +396,8 @@ export interface ExplainRequest {
   readonly clientIp: string | undefined;
   readonly certSubject: string | undefined;
   readonly certIssuer: string | undefined;
+  /** The `{verify}` macro as Sendmail would send it (OK, FAIL, ...). */
+  readonly certVerify: string | undefined;
   readonly queueId: string | undefined;
 }
 
@@ -405,7 +407,7 @@ export type ConfigResult =
   | { readonly ok: true; readonly command: "help" | "version" }
   | { readonly ok: false; readonly error: string };
 
-const EXPLAIN_FLAGS = ["message", "client-ip", "cert-subject", "cert-issuer", "queue-id"] as const;
+const EXPLAIN_FLAGS = ["message", "client-ip", "cert-subject", "cert-issuer", "cert-verify", "queue-id"] as const;
 
 interface Flags {
   readonly help: boolean;
@@ -574,6 +576,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
         clientIp,
         certSubject: explainValue("cert-subject"),
         certIssuer: explainValue("cert-issuer"),
+        certVerify: explainValue("cert-verify"),
         queueId: explainValue("queue-id"),
       },
     };
@@ -587,7 +590,8 @@ export function helpText(program: string): string {
     `Usage: ${program} [run] [--FLAG=VALUE ...]      serve mail`,
     `       ${program} check [--FLAG=VALUE ...]      validate configuration and policy, print what is in force`,
     `       ${program} explain --message FILE.eml [--client-ip IP] [--cert-subject CN] [--cert-issuer CN] [--queue-id ID]`,
-    "                                              decide a saved message and print every step",
+    "                       [--cert-verify OK]     decide a saved message and print every step; the --cert-* values",
+    "                                              as the MTA gives the macros {cert_subject}, {cert_issuer}, {verify}",
     "",
     "Exchange Online Tenant Authorisation milter. Every setting is a flag or an",
     "environment variable; a flag wins. Booleans are words: true/false, yes/no, on/off, 1/0.",

@@ -17,6 +17,7 @@ import {
   headerChanges,
   replyText,
   resolveDecision,
+  SENDMAIL_VERIFY_MACRO_LINE,
   type Trace,
   type Verdict,
 } from "./policy/decide.ts";
@@ -47,6 +48,8 @@ export interface FilterHooks {
   failed(queueId: string, error: unknown): void;
   /** Something a postmaster should see even without debug logs. */
   warn(queueId: string, message: string): void;
+  /** A fault of the MTA's configuration, not of the message: worth one WARNING per process, not one per message. */
+  misconfigured(message: string): void;
   /** Present only when step-by-step lines are wanted (debug). */
   readonly trace?: (queueId: string, line: string) => void;
   /** A clock in milliseconds, for decision latency. */
@@ -77,7 +80,8 @@ export function filterNeeds(config: FilterConfig, tcp = false): FilterNeeds {
     actions: Action.CHGHDRS | (config.addHeader ? Action.ADDHDRS : 0),
     protocol: tcp ? TCP_PROTOCOL_WISHES : PROTOCOL_WISHES,
     macros: new Map([
-      [MacroStage.HELO, ["{cert_subject}", "{cert_issuer}"]],
+      // {verify}: Sendmail's only word on whether it verified the certificate.
+      [MacroStage.HELO, ["{cert_subject}", "{cert_issuer}", "{verify}"]],
       [MacroStage.ENVFROM, ["i"]],
       [MacroStage.EOM, ["i"]],
     ]),
@@ -159,6 +163,7 @@ export class ExotaFilter implements Filter {
       clientAddress: this.#client,
       certSubject: macros.get("cert_subject"),
       certIssuer: macros.get("cert_issuer"),
+      certVerify: macros.get("verify"),
       headers: this.#headers,
     };
     const started = this.hooks.now?.();
@@ -177,6 +182,12 @@ export class ExotaFilter implements Filter {
     }
     try {
       const analysis = analyze(facts, this.config, trace);
+      if (!analysis.x509.ok && analysis.x509.verifyMacroMissing) {
+        this.hooks.misconfigured(
+          "the MTA gives client certificates as a whole DN (Sendmail) without the {verify} macro, so no certificate is trusted; " +
+            `add to sendmail.mc: ${SENDMAIL_VERIFY_MACRO_LINE}`,
+        );
+      }
       if (analysis.misplacedAuthResults > 0) {
         this.hooks.warn(queueId, `ignored ${analysis.misplacedAuthResults} Authentication-Results header(s) of the trusted authserv-id below a Received header (forged by the sender?)`);
       }

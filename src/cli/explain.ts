@@ -9,8 +9,20 @@ import type { Config, ExplainRequest } from "../config.ts";
 import { verdictReplies } from "../filter.ts";
 import { HeaderCollector } from "../mail/headers.ts";
 import { parseHeaderBlock } from "../mail/message.ts";
+import { certName, decodeXtext } from "../policy/cert-subject.ts";
 import { analyze, resolveDecision } from "../policy/decide.ts";
 import type { PolicyLookup } from "../policy/types.ts";
+
+/** A certificate macro as given, quoted (white space counts), decoded when it is Sendmail's xtext DN, and its CN. */
+function certMacro(value: string | undefined): string {
+  if (value === undefined) return "(none)";
+  const name = certName(value);
+  const decoded = value.startsWith("/") ? decodeXtext(value) : value;
+  const parts = [JSON.stringify(value)];
+  if (decoded !== undefined && decoded !== value) parts.push(`decoded ${JSON.stringify(decoded)}`);
+  parts.push(name.ok ? `${name.dn ? "DN" : "bare CN"}, CN ${JSON.stringify(name.cn)}` : `not usable: ${name.reason}`);
+  return parts.join(", ");
+}
 
 export const EXIT_BY_VERDICT = { continue: 0, reject: 2, tempfail: 3 } as const;
 
@@ -26,10 +38,13 @@ export async function explain(config: Config, req: ExplainRequest, lookup: Polic
   const headers = new HeaderCollector();
   for (const [name, value] of fields) headers.add(name, value);
   print(`message: ${req.messageFile} (${fields.length} header fields)`);
-  print(`client: ${req.clientIp ?? "(none given)"}, cert_subject: ${req.certSubject ?? "(none)"}, cert_issuer: ${req.certIssuer ?? "(none)"}`);
+  print(`client: ${req.clientIp ?? "(none given)"}`);
+  print(`{cert_subject}: ${certMacro(req.certSubject)}`);
+  print(`{cert_issuer}: ${certMacro(req.certIssuer)}`);
+  print(`{verify}: ${req.certVerify === undefined ? "(none: Postfix sends none, Sendmail only when configured)" : JSON.stringify(req.certVerify)}`);
   const trace = (line: string) => print(`  ${line}`);
   const fc = config.filter;
-  const facts = { clientAddress: req.clientIp, certSubject: req.certSubject, certIssuer: req.certIssuer, headers };
+  const facts = { clientAddress: req.clientIp, certSubject: req.certSubject, certIssuer: req.certIssuer, certVerify: req.certVerify, headers };
   const analysis = analyze(facts, fc, trace);
   if (!fc.x509Enabled) trace("x509: check disabled (MILTER_X509_ENABLED=false)");
   if (!fc.dkimEnabled) trace("dkim: check disabled (MILTER_DKIM_ENABLED=false)");

@@ -8,7 +8,7 @@
 import { parseMailbox } from "../mail/address.ts";
 import { dkimDomain, parseAuthResults } from "../mail/auth-results.ts";
 import { EXOTA_HEADER, type MessageHeaders } from "../mail/headers.ts";
-import { commonName } from "./cert-subject.ts";
+import { certName } from "./cert-subject.ts";
 import { allowListed, type IpRange } from "./ip-allowlist.ts";
 import type { Policy, PolicyLookup, PolicyResult } from "./types.ts";
 
@@ -39,10 +39,12 @@ export interface DecisionConfig {
 export interface MessageFacts {
   /** Client address from the CONNECT command, when the MTA gave one. */
   readonly clientAddress: string | undefined;
-  /** The `{cert_subject}` macro, present only for a verified client certificate. */
+  /** The `{cert_subject}` macro (Postfix: the CN of a verified certificate; Sendmail: the DN of any certificate). */
   readonly certSubject: string | undefined;
   /** The `{cert_issuer}` macro. */
   readonly certIssuer: string | undefined;
+  /** The `{verify}` macro (Sendmail: `OK` when the chain verified), when the MTA sends it. */
+  readonly certVerify: string | undefined;
   readonly headers: MessageHeaders;
 }
 
@@ -82,7 +84,10 @@ export type Trace = (line: string) => void;
 
 /** What the decision reads from a message, parsed once. */
 export interface Analysis {
-  readonly x509: { readonly ok: true; readonly checked: boolean } | { readonly ok: false; readonly reason: string };
+  readonly x509:
+    | { readonly ok: true; readonly checked: boolean }
+    /** `verifyMacroMissing`: the MTA must be told to send `{verify}` (a configuration problem, not the client's). */
+    | { readonly ok: false; readonly reason: string; readonly verifyMacroMissing?: true };
   readonly from: { readonly ok: true; readonly domain: string } | { readonly ok: false; readonly reason: string };
   /** The topmost Resent-From; undefined when there is none. */
   readonly resentFrom: { readonly ok: true; readonly domain: string } | { readonly ok: false; readonly reason: string } | undefined;
@@ -95,6 +100,9 @@ export interface Analysis {
   readonly exotaResults: number;
 }
 
+/** The sendmail.mc line that makes Sendmail pass `{verify}` to milters. */
+export const SENDMAIL_VERIFY_MACRO_LINE = "define(`confMILTER_MACROS_HELO', confMILTER_MACROS_HELO`, {verify}')dnl";
+
 function checkX509(facts: MessageFacts, config: DecisionConfig, trace?: Trace): Analysis["x509"] {
   if (!config.x509Enabled) return { ok: true, checked: false };
   const listed = allowListed(facts.clientAddress, config.x509AllowList);
@@ -105,15 +113,32 @@ function checkX509(facts: MessageFacts, config: DecisionConfig, trace?: Trace): 
   if (facts.certSubject === undefined || facts.certSubject.trim() === "") {
     return { ok: false, reason: "No trusted x509 client CN found" };
   }
-  const cn = commonName(facts.certSubject);
-  if (cn.toLowerCase() !== config.x509TrustedCn.toLowerCase()) return { ok: false, reason: `Untrusted x509 client CN: ${cn}` };
+  const subject = certName(facts.certSubject);
+  if (!subject.ok) return { ok: false, reason: `Untrusted x509 client certificate subject: ${subject.reason}` };
+  if (subject.cn.toLowerCase() !== config.x509TrustedCn.toLowerCase()) return { ok: false, reason: `Untrusted x509 client CN: ${subject.cn}` };
+  // Postfix sends the certificate macros only for a verified certificate and
+  // no {verify}; Sendmail sends them for any certificate and says in {verify}
+  // whether the chain verified.
+  const verify = facts.certVerify;
+  if (verify !== undefined && verify !== "OK") {
+    return { ok: false, reason: `Untrusted x509 client certificate: the MTA did not verify it ({verify}=${verify || "(empty)"})` };
+  }
+  if (verify === undefined && subject.dn) {
+    return {
+      ok: false,
+      reason: "Untrusted x509 client certificate: the MTA gives its whole DN but no {verify} macro, so it may not be verified",
+      verifyMacroMissing: true,
+    };
+  }
   if (config.x509TrustedIssuer !== "") {
-    const issuer = facts.certIssuer === undefined ? "" : commonName(facts.certIssuer);
-    if (issuer.toLowerCase() !== config.x509TrustedIssuer.toLowerCase()) {
-      return { ok: false, reason: issuer === "" ? "No x509 client certificate issuer found" : `Untrusted x509 client certificate issuer: ${issuer}` };
+    const issuer = facts.certIssuer === undefined || facts.certIssuer === "" ? undefined : certName(facts.certIssuer);
+    if (issuer === undefined) return { ok: false, reason: "No x509 client certificate issuer found" };
+    if (!issuer.ok) return { ok: false, reason: `Untrusted x509 client certificate issuer: ${issuer.reason}` };
+    if (issuer.cn.toLowerCase() !== config.x509TrustedIssuer.toLowerCase()) {
+      return { ok: false, reason: `Untrusted x509 client certificate issuer: ${issuer.cn}` };
     }
   }
-  trace?.(`x509: trusted client CN ${cn}`);
+  trace?.(`x509: trusted client CN ${subject.cn}${verify === undefined ? "" : " ({verify}=OK)"}`);
   return { ok: true, checked: true };
 }
 

@@ -17,6 +17,9 @@ import { Metrics, serveMetrics } from "./metrics.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
 import { runtime } from "./runtime.ts";
 
+/** A log message is a template: braces in a text of ours ({verify}) or of a message must be doubled to stay as they are. */
+const literal = (text: string) => text.replaceAll("{", "{{").replaceAll("}", "}}");
+
 export function logDecision(log: Logger, conn: string, r: DecisionRecord, reportOnly: boolean): void {
   const v = r.verdict;
   const props = { conn, qid: r.queueId, client: r.client, from_domain: v.fromDomain };
@@ -62,6 +65,8 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   if (policy instanceof FilePolicyProvider && config.policyWatch) setTimeout(() => policy.watch(), 200);
 
   let nextConn = 0;
+  // Configuration faults of the MTA, each logged once: they would repeat for every message.
+  const misconfigurations = new Set<string>();
   const now = () => performance.now();
   const onConnection = (socket: MilterSocket, listener: string, tcp: boolean): SocketEvents | undefined => {
     const conn = (++nextConn).toString();
@@ -82,8 +87,13 @@ export async function runDaemon(config: Config, version: string, fail: (message:
         logDecision(sessionLog, conn, r, config.filter.reportOnly);
       },
       failed: (qid, error) => sessionLog.error("decision failed, message tempfailed: {error}", { conn, qid, error }),
-      warn: (qid, message) => sessionLog.warn(message, { conn, qid }),
-      trace: traceOn ? (qid, line) => sessionLog.debug(line, { conn, qid }) : undefined,
+      warn: (qid, message) => sessionLog.warn(literal(message), { conn, qid }),
+      misconfigured: (message) => {
+        if (misconfigurations.has(message)) return;
+        misconfigurations.add(message);
+        sessionLog.warn(literal(message), { conn });
+      },
+      trace: traceOn ? (qid, line) => sessionLog.debug(literal(line), { conn, qid }) : undefined,
       now,
     }, tcp);
     const handle = serveConnection(socket, {

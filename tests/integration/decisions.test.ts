@@ -122,10 +122,26 @@ describe("decisions with every check enabled", () => {
     it("wrong CN rejects and names it", () =>
       check({ cn: "mail.evil.example" }, rejected("4XYZ1234AB", "Untrusted x509 client CN: mail.evil.example")));
     it("the right CN in other letter case is trusted", () => check({ cn: "MAIL.Protection.Outlook.COM" }, ok()));
-    it("a whole DN in OpenSSL's one-line form counts by its CN", () =>
-      check({ cn: "/C=US/ST=Washington/L=Redmond/O=Microsoft Corporation/CN=mail.protection.outlook.com" }, ok()));
-    it("a whole DN in RFC 4514 form counts by its CN", () =>
-      check({ cn: "CN=mail.protection.outlook.com,O=Microsoft Corporation,L=Redmond,ST=Washington,C=US" }, ok()));
+    it("a whole DN in OpenSSL's one-line form (Sendmail, xtext) counts by its CN when {verify}=OK", () =>
+      check({ cn: "/C=US/ST=Washington/L=Redmond/O=Microsoft+20Corporation/CN=mail.protection.outlook.com", verify: "OK" }, ok()));
+    it("a whole DN in RFC 4514 form counts by its CN when {verify}=OK", () =>
+      check({ cn: "CN=mail.protection.outlook.com,O=Microsoft Corporation,L=Redmond,ST=Washington,C=US", verify: "OK" }, ok()));
+    it("{verify} other than OK rejects (Sendmail: a certificate of a CA it does not trust)", () =>
+      check(
+        { cn: "/O=Microsoft+20Corporation/CN=mail.protection.outlook.com", verify: "FAIL" },
+        rejected("4XYZ1234AB", "Untrusted x509 client certificate: the MTA did not verify it ({verify}=FAIL)"),
+      ));
+    it("a whole DN without {verify} rejects; the WARNING with the sendmail.mc line is logged once per process", async () => {
+      const noVerify = "Untrusted x509 client certificate: the MTA gives its whole DN but no {verify} macro, so it may not be verified";
+      const from = m.proc.log().length;
+      await check({ cn: "/O=Microsoft+20Corporation/CN=mail.protection.outlook.com" }, rejected("4XYZ1234AB", noVerify));
+      await check({ cn: "/O=Microsoft+20Corporation/CN=mail.protection.outlook.com" }, rejected("4XYZ1234AB", noVerify));
+      const line = await m.proc.waitForLog(/^.*add to sendmail\.mc: define\(`confMILTER_MACROS_HELO', confMILTER_MACROS_HELO`, \{verify\}'\)dnl.*$/m, 5000, from);
+      assert.match(line, /WARNING/);
+      assert.equal(m.proc.log().split("add to sendmail.mc").length - 1, 1, m.proc.log());
+    });
+    it("a padded CN is not the CN", () =>
+      check({ cn: " mail.protection.outlook.com" }, rejected("4XYZ1234AB", "Untrusted x509 client CN:  mail.protection.outlook.com")));
     it("a DN with another CN is rejected, naming the CN", () =>
       check(
         { cn: "CN=mail.evil.example,O=Microsoft Corporation,C=US" },

@@ -467,7 +467,10 @@ describe("explain", () => {
       r.output,
       [
         `message: ${file} (7 header fields)`,
-        `client: ${EXO_CLIENT.address}, cert_subject: ${TRUSTED_CN}, cert_issuer: (none)`,
+        `client: ${EXO_CLIENT.address}`,
+        `{cert_subject}: "${TRUSTED_CN}", bare CN, CN "${TRUSTED_CN}"`,
+        "{cert_issuer}: (none)",
+        "{verify}: (none: Postfix sends none, Sendmail only when configured)",
         `  x509: trusted client CN ${TRUSTED_CN}`,
         `  policy: tenant.example tenant_id=${TENANT} dkim_enabled=true dkim_alignment_required=true`,
         `  tenant-id: ${TENANT} matches the policy`,
@@ -523,13 +526,47 @@ describe("explain", () => {
 
     const none = await runMilter(["explain", "--message", file, "--client-ip", EXO_CLIENT.address], env());
     assert.equal(none.code, 2, none.output);
-    assert.ok(none.output.split("\n").includes(`client: ${EXO_CLIENT.address}, cert_subject: (none), cert_issuer: (none)`), none.output);
+    assert.ok(none.output.split("\n").includes("{cert_subject}: (none)"), none.output);
     assert.ok(none.output.split("\n").includes("verdict: reject (No trusted x509 client CN found)"), none.output);
 
     const listed = await runMilter(["explain", "--message", file, "--client-ip", "192.0.2.10"], env());
     assert.equal(listed.code, 0, listed.output);
     assert.ok(listed.output.split("\n").includes("  x509: client 192.0.2.10 is on the allow-list (192.0.2.10), certificate not checked"), listed.output);
     assert.match(listed.output, / x509_client_trust=False forwarded=False\n/);
+  });
+
+  it("x509 under Sendmail: the macros as given and decoded, {verify}, the verdict with and without {verify}", async () => {
+    const file = save("sendmail.eml", eml());
+    const subject = "/C=US/O=Microsoft+20Corporation/CN=mail.protection.outlook.com";
+    const issuer = "/CN=ExOTA+20peers+20test+20CA";
+    const sendmail = ["--client-ip", EXO_CLIENT.address, "--cert-subject", subject, "--cert-issuer", issuer];
+    const issuerEnv = env({ MILTER_X509_TRUSTED_ISSUER: "ExOTA peers test CA" });
+    const ok = await runMilter(["explain", "--message", file, ...sendmail, "--cert-verify", "OK"], issuerEnv);
+    assert.equal(ok.code, 0, ok.output);
+    const lines = ok.output.split("\n");
+    assert.deepEqual(lines.slice(1, 5), [
+      `client: ${EXO_CLIENT.address}`,
+      `{cert_subject}: "${subject}", decoded "/C=US/O=Microsoft Corporation/CN=mail.protection.outlook.com", DN, CN "mail.protection.outlook.com"`,
+      `{cert_issuer}: "${issuer}", decoded "/CN=ExOTA peers test CA", DN, CN "ExOTA peers test CA"`,
+      '{verify}: "OK"',
+    ], ok.output);
+    assert.ok(lines.includes("  x509: trusted client CN mail.protection.outlook.com ({verify}=OK)"), ok.output);
+
+    const failed = await runMilter(["explain", "--message", file, ...sendmail, "--cert-verify", "FAIL"], issuerEnv);
+    assert.equal(failed.code, 2, failed.output);
+    assert.ok(failed.output.split("\n").includes("verdict: reject (Untrusted x509 client certificate: the MTA did not verify it ({verify}=FAIL))"), failed.output);
+
+    const unknown = await runMilter(["explain", "--message", file, ...sendmail], issuerEnv);
+    assert.equal(unknown.code, 2, unknown.output);
+    assert.ok(unknown.output.split("\n").includes("{verify}: (none: Postfix sends none, Sendmail only when configured)"), unknown.output);
+    assert.match(unknown.output, /^verdict: reject \(Untrusted x509 client certificate: the MTA gives its whole DN but no \{verify\} macro/m);
+
+    const padded = await runMilter(["explain", "--message", file, "--client-ip", EXO_CLIENT.address, "--cert-subject", ` ${TRUSTED_CN}`], env());
+    assert.equal(padded.code, 2, padded.output);
+    assert.ok(padded.output.split("\n").includes(`{cert_subject}: " ${TRUSTED_CN}", bare CN, CN " ${TRUSTED_CN}"`), padded.output);
+
+    const malformed = await runMilter(["explain", "--message", file, "--client-ip", EXO_CLIENT.address, "--cert-subject", "/CN=mail+zz"], env());
+    assert.ok(malformed.output.split("\n").includes('{cert_subject}: "/CN=mail+zz", not usable: malformed xtext escape in /CN=mail+zz'), malformed.output);
   });
 
   it("report-only mode: the verdict says the message would be let through, the header says would=reject", async () => {

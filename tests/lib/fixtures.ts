@@ -49,6 +49,8 @@ export interface Facts {
   readonly cn?: string;
   /** `{cert_issuer}`, sent with a certificate; null = not sent. */
   readonly issuer?: string | null;
+  /** `{verify}` (Sendmail), sent with a certificate; undefined = not sent (Postfix). */
+  readonly verify?: string;
   /** From header value; null = no From header. */
   readonly from?: string | null;
   readonly resentFrom?: string;
@@ -88,7 +90,11 @@ export function message(f: Facts = {}): MessageSpec {
     ...(session && client !== null ? { connect: client } : {}),
     ...(session ? { helo: "EUR05-DB8-obe.outbound.protection.outlook.com" } : {}),
     macros: f.cn === undefined ? {} : {
-      helo: { "{cert_subject}": f.cn, ...(f.issuer === null ? {} : { "{cert_issuer}": f.issuer ?? TRUSTED_ISSUER }) },
+      helo: {
+        "{cert_subject}": f.cn,
+        ...(f.issuer === null ? {} : { "{cert_issuer}": f.issuer ?? TRUSTED_ISSUER }),
+        ...(f.verify === undefined ? {} : { "{verify}": f.verify }),
+      },
     },
     mailFrom: "<alice@tenant.example>",
     headers,

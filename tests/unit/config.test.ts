@@ -289,7 +289,7 @@ describe("flags", () => {
     assert.equal(check.config.name, "x");
     const ex = loadConfig(["explain", "--message", "/tmp/m.eml", "--client-ip=192.0.2.1", "--queue-id=Q1"], {});
     assert.ok(ex.ok && ex.command === "explain");
-    assert.deepEqual(ex.explain, { messageFile: "/tmp/m.eml", clientIp: "192.0.2.1", certSubject: undefined, certIssuer: undefined, queueId: "Q1" });
+    assert.deepEqual(ex.explain, { messageFile: "/tmp/m.eml", clientIp: "192.0.2.1", certSubject: undefined, certIssuer: undefined, certVerify: undefined, queueId: "Q1" });
     assert.equal(error(["explain"]), "explain needs --message FILE.eml (see --help)");
     assert.equal(error(["explain", "--message=m.eml", "--client-ip=300.1.1.1"]), '--client-ip="300.1.1.1" is not valid: expected an IPv4 or IPv6 address');
     const v6 = loadConfig(["explain", "--message=m.eml", "--client-ip=2001:db8::1"], {});

@@ -59,8 +59,10 @@ interface Message {
   config?: Partial<FilterConfig>;
   lookup?: PolicyLookup;
   headers: readonly Header[];
-  /** `{cert_subject}` sent with the HELO macros; omitted when undefined. */
+  /** `{cert_subject}`, `{cert_issuer}`, `{verify}` sent with the HELO macros; each omitted when undefined. */
   cert?: string;
+  issuer?: string;
+  verify?: string;
   /** Client address; default a Microsoft address (not allow-listed). */
   client?: string;
   /** The `i` macro, sent with the MAIL and EOM macros; "" = not sent. */
@@ -72,6 +74,7 @@ interface Outcome {
   decided: DecisionRecord[];
   failed: Array<{ queueId: string; error: unknown }>;
   warned: string[];
+  misconfigured: string[];
 }
 
 const reject = (reason: string, queueId = "Q1"): Reply[] => [
@@ -116,11 +119,12 @@ class Wire {
 }
 
 function newFilter(config: Partial<FilterConfig>, lookup: PolicyLookup) {
-  const o: Outcome = { replies: [], decided: [], failed: [], warned: [] };
+  const o: Outcome = { replies: [], decided: [], failed: [], warned: [], misconfigured: [] };
   const filter = new ExotaFilter({ ...BASE, ...config }, () => lookup, {
     decided: (r) => o.decided.push(r),
     failed: (queueId, error) => o.failed.push({ queueId, error }),
     warn: (_q, m) => o.warned.push(m),
+    misconfigured: (m) => o.misconfigured.push(m),
   });
   return { filter, outcome: o };
 }
@@ -135,7 +139,11 @@ async function run(m: Message): Promise<Outcome> {
   await wire.send({ type: "macro", stage: "C", macros: [["j", "relay.example.net"], ["{daemon_name}", "smtpd"]] });
   const client = m.client ?? "40.107.1.2";
   await wire.send({ type: "connect", hostname: "mail-x.outbound.protection.outlook.com", family: client.includes(":") ? "inet6" : "inet", port: 41000, address: client });
-  await wire.send({ type: "macro", stage: "H", macros: m.cert === undefined ? [] : [["{cert_subject}", m.cert]] });
+  const helo: Array<[string, string]> = [];
+  if (m.cert !== undefined) helo.push(["{cert_subject}", m.cert]);
+  if (m.issuer !== undefined) helo.push(["{cert_issuer}", m.issuer]);
+  if (m.verify !== undefined) helo.push(["{verify}", m.verify]);
+  await wire.send({ type: "macro", stage: "H", macros: helo });
   await wire.send({ type: "helo", name: "EUR01-DB5-obe.outbound.protection.outlook.com" });
   await wire.send({ type: "macro", stage: "M", macros: queueId === "" ? [] : [["i", queueId]] });
   await wire.send({ type: "mail", args: ["<sender@tenant.example>", "SIZE=100"] });
@@ -209,6 +217,108 @@ describe("step 1: x509 client certificate", () => {
   it("x509 is checked before everything else (no From either)", async () => {
     const o = await run({ config: { x509Enabled: true }, headers: [] });
     assert.deepEqual(o.replies, reject("No trusted x509 client CN found"));
+  });
+});
+
+describe("step 1 under Sendmail: whole DN, xtext, {verify}", () => {
+  const X509 = { x509Enabled: true };
+  const SM_SUBJECT = "/C=US/ST=Washington/L=Redmond/O=Microsoft+20Corporation/CN=mail.protection.outlook.com";
+  const SM_ISSUER = "/C=US/O=DigiCert+20Inc/CN=DigiCert+20Cloud+20Services+20CA-1";
+  const ok = [added({ from: "tenant.example", dkim: false, aligned: false, x509: true, forwarded: false }), { type: "continue" }];
+  const noVerify = "Untrusted x509 client certificate: the MTA gives its whole DN but no {verify} macro, so it may not be verified";
+
+  it("the MTA is asked for {verify} with the certificate macros", () => {
+    assert.deepEqual(filterNeeds(BASE).macros.get(MacroStage.HELO), ["{cert_subject}", "{cert_issuer}", "{verify}"]);
+  });
+
+  it("{verify}=OK and the trusted CN in the DN: accepted", async () => {
+    assert.deepEqual((await run({ config: X509, cert: SM_SUBJECT, verify: "OK", headers: msg() })).replies, ok);
+  });
+
+  for (const verify of ["FAIL", "NO", "NONE", "NOT", "TEMP", "PROTOCOL", "SOFTWARE", "ok", ""]) {
+    it(`{verify}=${JSON.stringify(verify)}: not trusted, whatever the CN`, async () => {
+      const o = await run({ config: X509, cert: SM_SUBJECT, verify, headers: msg() });
+      assert.deepEqual(o.replies, reject(`Untrusted x509 client certificate: the MTA did not verify it ({verify}=${verify || "(empty)"})`));
+    });
+  }
+
+  it("{verify} other than OK also with a bare CN (an MTA that sends {verify} is believed)", async () => {
+    const o = await run({ config: X509, cert: TRUSTED_CN, verify: "FAIL", headers: msg() });
+    assert.deepEqual(o.replies, reject("Untrusted x509 client certificate: the MTA did not verify it ({verify}=FAIL)"));
+  });
+
+  it("a whole DN without {verify}: not trusted, one configuration warning per filter call with the sendmail.mc line", async () => {
+    const o = await run({ config: X509, cert: SM_SUBJECT, headers: msg() });
+    assert.deepEqual(o.replies, reject(noVerify));
+    assert.equal(o.misconfigured.length, 1);
+    assert.match(o.misconfigured[0]!, /add to sendmail\.mc: define\(`confMILTER_MACROS_HELO', confMILTER_MACROS_HELO`, \{verify\}'\)dnl$/);
+    assert.deepEqual(o.warned, [], "no per-message warning");
+  });
+
+  it("an RFC 4514 DN without {verify}: not trusted either", async () => {
+    const o = await run({ config: X509, cert: "CN=mail.protection.outlook.com,O=Microsoft Corporation,C=US", headers: msg() });
+    assert.deepEqual(o.replies, reject(noVerify));
+  });
+
+  it("a bare CN without {verify} (Postfix) stays trusted, no warning", async () => {
+    const o = await run({ config: X509, cert: TRUSTED_CN, headers: msg() });
+    assert.deepEqual(o.replies, ok);
+    assert.deepEqual(o.misconfigured, []);
+  });
+
+  it("xtext in the CN is decoded before the comparison", async () => {
+    const o = await run({ config: { ...X509, x509TrustedCn: "Exchange Online+Relay" }, cert: "/O=x/CN=Exchange+20Online+2BRelay", verify: "OK", headers: msg() });
+    assert.deepEqual(o.replies, ok);
+    const raw = await run({ config: { ...X509, x509TrustedCn: "Exchange+20Online" }, cert: "/CN=Exchange+20Online", verify: "OK", headers: msg() });
+    assert.deepEqual(raw.replies, reject("Untrusted x509 client CN: Exchange Online"), "the encoded form is not the name");
+  });
+
+  for (const bad of ["/CN=mail.protection.outlook.com+", "/CN=mail+2.protection.outlook.com", "/O=a+zz/CN=mail.protection.outlook.com", "/CN=mail.protection.outlook.com+2e"]) {
+    it(`malformed xtext ${JSON.stringify(bad)}: not trusted`, async () => {
+      const o = await run({ config: X509, cert: bad, verify: "OK", headers: msg() });
+      assert.deepEqual(o.replies, reject(`Untrusted x509 client certificate subject: malformed xtext escape in ${bad}`));
+    });
+  }
+
+  it("a DN with two CNs (one hidden in another attribute's value) is not trusted", async () => {
+    const cert = "/C=US/CN=rogue.example/OU=x/CN=mail.protection.outlook.com";
+    const o = await run({ config: X509, cert, verify: "OK", headers: msg() });
+    assert.deepEqual(o.replies, reject(`Untrusted x509 client certificate subject: more than one CN in ${cert}`));
+  });
+
+  it("a DN without CN is not trusted", async () => {
+    const o = await run({ config: X509, cert: "/C=US/O=mail.protection.outlook.com", verify: "OK", headers: msg() });
+    assert.deepEqual(o.replies, reject("Untrusted x509 client certificate subject: no CN in /C=US/O=mail.protection.outlook.com"));
+  });
+
+  for (const cert of [" mail.protection.outlook.com", "mail.protection.outlook.com ", "\tmail.protection.outlook.com", "/CN= mail.protection.outlook.com", "/CN=mail.protection.outlook.com+20", "CN = mail.protection.outlook.com"]) {
+    it(`white space around the name is not the name: ${JSON.stringify(cert)}`, async () => {
+      const o = await run({ config: X509, cert, verify: "OK", headers: msg() });
+      assert.equal(o.replies[0]?.type, "replycode", JSON.stringify(o.replies));
+    });
+  }
+
+  it("issuer: decoded and compared exactly, letter case aside", async () => {
+    const cfg = { ...X509, x509TrustedIssuer: "DigiCert Cloud Services CA-1" };
+    assert.deepEqual((await run({ config: cfg, cert: SM_SUBJECT, issuer: SM_ISSUER, verify: "OK", headers: msg() })).replies, ok);
+    assert.deepEqual((await run({ config: cfg, cert: SM_SUBJECT, issuer: SM_ISSUER.toUpperCase(), verify: "OK", headers: msg() })).replies, ok);
+    for (const [issuer, reason] of [
+      [" DigiCert Cloud Services CA-1", "Untrusted x509 client certificate issuer:  DigiCert Cloud Services CA-1"],
+      ["DigiCert Cloud Services CA-1 ", "Untrusted x509 client certificate issuer: DigiCert Cloud Services CA-1 "],
+      ["/CN=DigiCert+20Cloud+20Services+20CA-1+20", "Untrusted x509 client certificate issuer: DigiCert Cloud Services CA-1 "],
+      ["/CN=DigiCert+2xCloud", "Untrusted x509 client certificate issuer: malformed xtext escape in /CN=DigiCert+2xCloud"],
+      ["", "No x509 client certificate issuer found"],
+    ] as const) {
+      const o = await run({ config: cfg, cert: SM_SUBJECT, issuer, verify: "OK", headers: msg() });
+      assert.deepEqual(o.replies, reject(reason), issuer);
+    }
+  });
+
+  it("the issuer does not stand in for {verify}: right issuer name, unverified certificate", async () => {
+    const cfg = { ...X509, x509TrustedIssuer: "DigiCert Cloud Services CA-1" };
+    assert.deepEqual((await run({ config: cfg, cert: SM_SUBJECT, issuer: SM_ISSUER, verify: "FAIL", headers: msg() })).replies,
+      reject("Untrusted x509 client certificate: the MTA did not verify it ({verify}=FAIL)"));
+    assert.deepEqual((await run({ config: cfg, cert: SM_SUBJECT, issuer: SM_ISSUER, headers: msg() })).replies, reject(noVerify));
   });
 });
 
@@ -394,7 +504,7 @@ describe("step 4: policy lookup", () => {
     const { filter, outcome } = newFilter({}, mapLookup(POLICIES));
     const broken = new ExotaFilter(filter.config, () => {
       throw new Error("no backend");
-    }, { decided: (r) => outcome.decided.push(r), failed: (q, e) => outcome.failed.push({ queueId: q, error: e }), warn: () => {} });
+    }, { decided: (r) => outcome.decided.push(r), failed: (q, e) => outcome.failed.push({ queueId: q, error: e }), warn: () => {}, misconfigured: () => {} });
     for (const [n, v] of msg()) broken.header(n, v);
     const replies = broken.endOfMessage({ get: (n) => (n === "i" ? "Q7" : undefined) });
     assert.deepEqual(replies, tempfail("Internal error", "Q7"));
@@ -704,7 +814,7 @@ describe("ExotaFilter on one connection", () => {
     assert.equal(n.actions, Action.CHGHDRS);
     assert.equal(filterNeeds(BASE).actions, Action.CHGHDRS | Action.ADDHDRS);
     assert.deepEqual(n.macros, new Map([
-      [MacroStage.HELO, ["{cert_subject}", "{cert_issuer}"]],
+      [MacroStage.HELO, ["{cert_subject}", "{cert_issuer}", "{verify}"]],
       [MacroStage.ENVFROM, ["i"]],
       [MacroStage.EOM, ["i"]],
     ]));
@@ -759,7 +869,7 @@ describe("ExotaFilter on one connection", () => {
 
   it("a lookup is read at each end of message (reload takes effect)", () => {
     let current: PolicyLookup = () => ({ kind: "not_found" });
-    const f = new ExotaFilter(BASE, () => current, { decided: () => {}, failed: () => {}, warn: () => {} });
+    const f = new ExotaFilter(BASE, () => current, { decided: () => {}, failed: () => {}, warn: () => {}, misconfigured: () => {} });
     const macros = { get: () => "Q" };
     for (const [n, v] of msg()) f.header(n, v);
     assert.deepEqual(f.endOfMessage(macros), [
@@ -779,6 +889,7 @@ describe("ExotaFilter on one connection", () => {
       decided: () => {},
       failed: () => {},
       warn: () => {},
+      misconfigured: () => {},
       trace: (_q, l) => lines.push(l),
     });
     for (const [n, v] of msg("a@relaxed.example", [], "tenant.example")) f.header(n, v);
@@ -793,7 +904,7 @@ describe("decision functions", () => {
   const facts = (headers: readonly Header[], over: Partial<MessageFacts> = {}): MessageFacts => {
     const h = new HeaderCollector();
     for (const [n, v] of headers) h.add(n, v);
-    return { clientAddress: "40.107.1.2", certSubject: undefined, certIssuer: undefined, headers: h, ...over };
+    return { clientAddress: "40.107.1.2", certSubject: undefined, certIssuer: undefined, certVerify: undefined, headers: h, ...over };
   };
   const cfg = { ...BASE, ...STRICT };
 

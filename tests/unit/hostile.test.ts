@@ -45,6 +45,8 @@ interface Case {
   /** Headers in message order; the verifier's Authentication-Results is first, as Postfix + OpenDKIM deliver it. */
   readonly headers: ReadonlyArray<readonly [string, string]>;
   readonly certSubject?: string;
+  /** The `{verify}` macro; undefined: not sent (Postfix). */
+  readonly certVerify?: string;
   readonly client?: string;
   readonly expect: { action: Verdict["action"]; reason?: string; fromDomain?: string };
   readonly config?: Partial<DecisionConfig>;
@@ -165,7 +167,10 @@ const CASES: Case[] = [
   { name: "no certificate", headers: message("ceo@tenant.example"), certSubject: "", client: "40.107.1.1", expect: reject("No trusted x509 client CN found") },
   { name: "CN with trusted suffix appended", headers: message("ceo@tenant.example"), certSubject: "mail.protection.outlook.com.rogue.example", client: "40.107.1.1", expect: reject("Untrusted x509 client CN: mail.protection.outlook.com.rogue.example") },
   { name: "DN with the trusted name in O", headers: message("ceo@tenant.example"), certSubject: "CN=rogue.example,O=mail.protection.outlook.com", client: "40.107.1.1", expect: reject("Untrusted x509 client CN: rogue.example") },
-  { name: "Sendmail DN with the trusted CN", headers: message("ceo@tenant.example"), certSubject: "/C=US/O=Microsoft Corporation/CN=mail.protection.outlook.com", client: "40.107.1.1", expect: accept("tenant.example") },
+  { name: "Sendmail DN with the trusted CN, verified", headers: message("ceo@tenant.example"), certSubject: "/C=US/O=Microsoft+20Corporation/CN=mail.protection.outlook.com", certVerify: "OK", client: "40.107.1.1", expect: accept("tenant.example") },
+  { name: "Sendmail DN with the trusted CN from a foreign CA", headers: message("ceo@tenant.example"), certSubject: "/C=US/O=Microsoft+20Corporation/CN=mail.protection.outlook.com", certVerify: "FAIL", client: "40.107.1.1", expect: reject("Untrusted x509 client certificate: the MTA did not verify it ({verify}=FAIL)") },
+  { name: "Sendmail DN with the trusted CN, no {verify}", headers: message("ceo@tenant.example"), certSubject: "/C=US/O=Microsoft+20Corporation/CN=mail.protection.outlook.com", client: "40.107.1.1", expect: reject("Untrusted x509 client certificate: the MTA gives its whole DN but no {verify} macro, so it may not be verified") },
+  { name: "CN padded with a space", headers: message("ceo@tenant.example"), certSubject: " mail.protection.outlook.com", client: "40.107.1.1", expect: reject("Untrusted x509 client CN:  mail.protection.outlook.com") },
   { name: "IPv4-mapped loopback is allow-listed", headers: message("ceo@tenant.example"), certSubject: "", client: "::ffff:127.0.0.1", expect: accept("tenant.example") },
   { name: "127.0.0.2 is not 127.0.0.1", headers: message("ceo@tenant.example"), certSubject: "", client: "127.0.0.2", expect: reject("No trusted x509 client CN found") },
 ];
@@ -179,6 +184,7 @@ describe("hostile and legitimate messages", () => {
         clientAddress: c.client ?? "40.107.1.1",
         certSubject: c.certSubject ?? "mail.protection.outlook.com",
         certIssuer: undefined,
+        certVerify: c.certVerify,
         headers,
       };
       const v = runDecision(facts, { ...config, ...c.config }, lookup);
