@@ -33,6 +33,7 @@ const HELP = `usage: bun bench/run.ts [options]
   --warmup SEC      seconds of load before each run is measured (default 0.5)
   --warmup-process SEC  seconds of load on a fresh exota-milter before its first run (default 8)
   --conns LIST      connection counts (default 1,8,64)
+  --per-conn N      messages per connection in the throughput cells; 1 = one message per connection (default 10)
   --transports LIST unix,tcp (default both)
   --domains N       domains of the big policy (default 1000000; 0 skips the policy rows)
   --idle N          idle connections for the RSS row (default 1000)
@@ -48,6 +49,7 @@ interface Args {
   warmup: number;
   warmupProcess: number;
   conns: number[];
+  perConn: number;
   transports: Array<"unix" | "tcp">;
   domains: number;
   idle: number;
@@ -66,6 +68,7 @@ function parse(): Args {
       warmup: { type: "string" },
       "warmup-process": { type: "string" },
       conns: { type: "string" },
+      "per-conn": { type: "string" },
       transports: { type: "string" },
       domains: { type: "string" },
       idle: { type: "string" },
@@ -92,6 +95,7 @@ function parse(): Args {
     warmup: Number(a.warmup ?? 0.5),
     warmupProcess: Number(a["warmup-process"] ?? (quick ? 2 : 8)),
     conns: (a.conns ?? "1,8,64").split(",").map(Number),
+    perConn: Number(a["per-conn"] ?? 10),
     transports,
     domains: Number(a.domains ?? (quick ? 0 : 1_000_000)),
     idle: Number(a.idle ?? 1000),
@@ -324,7 +328,7 @@ async function main(): Promise<number> {
         loadArgs: ["--expect", "policy", "--expect-header", EXOTA_HEADER, "--expect-removal", EXOTA_HEADER],
       },
     ];
-    const common = ["-m", "10", "-r", "0.1", "-d", String(args.duration), "-w", String(args.warmup)];
+    const common = ["-m", String(args.perConn), "-r", "0.1", "-d", String(args.duration), "-w", String(args.warmup)];
     /**
      * A daemon runs for weeks: load it before measuring. Bun's JIT compiles
      * for ~8 s on a fresh process (that CPU counts as the filter's); the C
@@ -513,7 +517,7 @@ async function main(): Promise<number> {
     const out: string[] = [];
     out.push(`Machine: ${results.machine as string}`);
     out.push(`Command: npm run bench (bun bench/run.ts); median of ${args.runs} run(s) of ${args.duration} s per cell, ` +
-      `10 messages per connection, 10% reject-designed, ${new Date().toISOString().slice(0, 10)}`);
+      `${args.perConn} message(s) per connection, 10% reject-designed, ${new Date().toISOString().slice(0, 10)}`);
     out.push("");
     out.push("| socket | conns | filter | msgs/s | × null | p50 ms | p99 ms | max ms | CPU ms/msg | peak RSS MB |");
     out.push("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
