@@ -72,26 +72,53 @@ export function formatRecord(format: LogFormat, name: string, record: LogRecord)
 
 /**
  * All of `text` to fd 2 with write(2), as process.stderr does for files and
- * pipes on Linux, without its stream (whose set-up costs ~7 ms of start-up).
- * A non-blocking fd that is full, or a failing one, hands over to the stream
- * for good, so that no later line overtakes the rest of this one.
+ * pipes on Linux, without its stream (whose set-up costs ~7 ms of start-up,
+ * and whose error event on a full disk or a vanished reader would end the
+ * process). Logging never takes mail down: what a failing fd refuses
+ * (ENOSPC, EPIPE, EIO) is dropped and counted. What a full non-blocking fd
+ * refuses (EAGAIN) waits, up to BACKLOG_MAX bytes, and is retried shortly.
  */
 function writeStderr(text: string): void {
-  if (viaStream) {
-    process.stderr.write(text);
-    return;
+  let bytes = encoder.encode(text);
+  if (backlog !== undefined) {
+    if (backlog.length + bytes.length > BACKLOG_MAX) return drop(bytes);
+    const all = new Uint8Array(backlog.length + bytes.length);
+    all.set(backlog);
+    all.set(bytes, backlog.length);
+    bytes = all;
+    backlog = undefined;
   }
-  const bytes = encoder.encode(text);
   let done = 0;
   try {
     while (done < bytes.length) done += writeSync(2, bytes, done);
-  } catch {
-    viaStream = true;
-    process.stderr.write(bytes.subarray(done));
+  } catch (e) {
+    const rest = bytes.subarray(done);
+    if ((e as { code?: string }).code !== "EAGAIN") return drop(rest);
+    backlog = rest;
+    if (retry === undefined) {
+      retry = setTimeout(() => {
+        retry = undefined;
+        if (backlog !== undefined) writeStderr("");
+      }, 10);
+      retry.unref?.();
+    }
   }
 }
-let viaStream = false;
+const BACKLOG_MAX = 1 << 20;
+let backlog: Uint8Array | undefined;
+let retry: ReturnType<typeof setTimeout> | undefined;
 const encoder = new TextEncoder();
+
+/** Lines standard error did not take (a line cut short counts). */
+let dropped = 0;
+function drop(bytes: Uint8Array): void {
+  for (const b of bytes) if (b === 10) dropped++;
+}
+
+/** How many log lines were dropped so far, for the metrics. */
+export function droppedLogLines(): number {
+  return dropped;
+}
 
 /**
  * Lines wait for the end of the event-loop turn and leave in one write(2):

@@ -10,7 +10,7 @@ import process from "node:process";
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
 import { type DecisionRecord, ExotaFilter } from "../filter.ts";
-import { logger } from "../log.ts";
+import { droppedLogLines, logger } from "../log.ts";
 import { type ConnectionHandle, serveConnection } from "./connection.ts";
 import { inheritedFds, type Listener, listenOn, listenOnFd, type MilterSocket, type SocketEvents } from "./listen.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
@@ -51,6 +51,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
     connectionsOpen: () => open.size,
     policyEntries: () => policy.entries(),
     ldap: () => (policy instanceof LdapPolicyProvider ? policy.backend.stats : undefined),
+    logLinesDropped: droppedLogLines,
   });
 
   const opened = await openPolicy(config, logger("policy"), (r) => metrics.reloaded(r.ok));
@@ -163,6 +164,8 @@ export async function runDaemon(config: Config, version: string, fail: (message:
     for (const handle of open.values()) handle.drain();
     setTimeout(() => finish(`deadline reached, ${open.size} connection(s) dropped`), config.shutdownTimeoutMs).unref();
   };
+  // A log reader that went away must not end the process (log.ts drops and counts its lines).
+  process.on("SIGPIPE", () => {});
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   // Announce readiness only once the signal handlers are in place: a signal

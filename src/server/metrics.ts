@@ -25,6 +25,7 @@ export interface MetricsSources {
   connectionsOpen(): number;
   policyEntries(): number | undefined;
   ldap(): { queries: number; cacheHits: number; errors: number } | undefined;
+  logLinesDropped(): number;
 }
 
 export class Metrics {
@@ -87,6 +88,8 @@ export class Metrics {
       "Milter connections closed for a timeout: idle (silent), frame (one frame too slow), message (MAIL to end of message too slow).",
     );
     for (const [kind, n] of Object.entries(this.#timedOut)) out.push(`exota_milter_connections_timed_out_total{timeout="${kind}"} ${n}`);
+    metric("exota_milter_log_lines_dropped_total", "counter", "Log lines standard error refused (full disk, reader gone); mail is decided regardless.");
+    out.push(`exota_milter_log_lines_dropped_total ${this.sources.logLinesDropped()}`);
     metric("exota_milter_policy_reloads_total", "counter", "Policy reloads, by result.");
     out.push(`exota_milter_policy_reloads_total{result="ok"} ${this.#reloadsOk}`);
     out.push(`exota_milter_policy_reloads_total{result="failed"} ${this.#reloadsFailed}`);

@@ -1,13 +1,17 @@
 /**
  * Faults an operator's worst day brings, against the compiled binary over
- * real sockets: clients that trickle bytes, a message that never ends.
+ * real sockets: clients that trickle bytes, a message that never ends,
+ * standard error on a full disk or on a pipe whose reader is gone.
  */
 import assert from "node:assert/strict";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { closeSync, constants, openSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { accepted, message, policyFile, removeScratch, startTcpMilter, type TcpMilter } from "../lib/fixtures.ts";
+import { accepted, message, policyFile, rejected, removeScratch, scratchDir, startTcpMilter, type TcpMilter } from "../lib/fixtures.ts";
 import { scrape, series } from "../lib/metrics.ts";
-import { type MilterClient, rawFrame } from "../lib/milter-client.ts";
-import { freePort } from "../lib/milter-process.ts";
+import { MilterClient, rawFrame } from "../lib/milter-client.ts";
+import { BINARY, freePort } from "../lib/milter-process.ts";
 
 after(removeScratch);
 
@@ -128,5 +132,97 @@ describe("MILTER_MESSAGE_TIMEOUT", () => {
       dragging.destroy();
       steady.destroy();
     }
+  });
+});
+
+/** Resolves with the exit code (or the signal) once the process has exited. */
+function exited(child: ChildProcess): Promise<string> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(String(child.exitCode ?? child.signalCode));
+  return new Promise((res) => child.once("exit", (code, signal) => res(String(code ?? signal))));
+}
+
+describe("log write failures", () => {
+  const children: ChildProcess[] = [];
+  after(() => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  });
+
+  /**
+   * Starts the binary with standard error on `stderrFd`; its log cannot be
+   * read, so readiness is a connection that negotiates.
+   */
+  async function startBlind(stderrFd: number): Promise<{ child: ChildProcess; port: number; metricsPort: number }> {
+    const port = await freePort();
+    const metricsPort = await freePort();
+    const child = spawn(BINARY, [], {
+      env: {
+        PATH: process.env.PATH ?? "/usr/bin:/bin",
+        MILTER_SOCKET: `inet:${port}@127.0.0.1`,
+        MILTER_POLICY_FILE: policyFile(),
+        MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+        LOG_FORMAT: "text",
+      },
+      stdio: ["ignore", "ignore", stderrFd],
+    });
+    children.push(child);
+    for (let i = 0; i < 200; i++) {
+      if (child.exitCode !== null || child.signalCode !== null) break;
+      try {
+        await scrape(metricsPort);
+        return { child, port, metricsPort };
+      } catch {
+        await sleep(25);
+      }
+    }
+    throw new Error(`the milter did not come up; it exited with ${await exited(child)}`);
+  }
+
+  /** 20 accepted and 5 rejected messages on one connection, all decided; the process stays up. */
+  async function mailFlows(p: { child: ChildProcess; port: number; metricsPort: number }): Promise<number> {
+    const c = await MilterClient.connect({ host: "127.0.0.1", port: p.port });
+    try {
+      for (let i = 0; i < 20; i++) assert.deepEqual(await c.sendMessage(message({ queueId: `OK${i}` })), accepted(0));
+      for (let i = 0; i < 5; i++) {
+        const spec = message({ queueId: `NO${i}`, from: "Mallory <m@unknown.example>" });
+        assert.deepEqual(await c.sendMessage(spec), rejected(`NO${i}`, "No policy for 5322.from_domain unknown.example"));
+      }
+      await c.quit();
+    } finally {
+      c.destroy();
+    }
+    assert.equal(p.child.exitCode, null);
+    assert.equal(p.child.signalCode, null);
+    return (await scrape(p.metricsPort)).get("exota_milter_log_lines_dropped_total")!;
+  }
+
+  it("standard error on a full disk (/dev/full): every line dropped and counted, mail decided, SIGTERM exits 0", async () => {
+    const full = openSync("/dev/full", "w");
+    let p;
+    try {
+      p = await startBlind(full);
+    } finally {
+      closeSync(full);
+    }
+    // The listening line and at least the 25 decisions.
+    assert.ok((await mailFlows(p)) >= 26);
+    p.child.kill("SIGTERM");
+    assert.equal(await exited(p.child), "0");
+  });
+
+  it("standard error on a pipe whose reader has gone (EPIPE, SIGPIPE): lines dropped and counted, mail decided, SIGTERM exits 0", async () => {
+    const fifo = join(scratchDir(), "stderr.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    const writer = openSync(fifo, "w");
+    let p;
+    try {
+      p = await startBlind(writer);
+    } finally {
+      closeSync(writer);
+    }
+    closeSync(reader);
+    assert.ok((await mailFlows(p)) >= 25);
+    p.child.kill("SIGTERM");
+    assert.equal(await exited(p.child), "0");
   });
 });
