@@ -2,7 +2,10 @@
  * The LDAP policy backend (ldapts). One bound connection, tried over the
  * configured URIs in order; any fault makes the lookup a backend error
  * (tempfail, never accept) and starts reconnecting in the background with
- * back-off, so the next message after recovery is decided normally.
+ * back-off. A message that finds no connection does not wait for the
+ * back-off: it joins the attempt in flight or starts one, and waits for it at
+ * most the connect timeout, so the first message after recovery is decided
+ * normally.
  * @module
  */
 import { readFileSync } from "node:fs";
@@ -97,20 +100,13 @@ export class LdapPolicyBackend {
 
   async #search(domain: string): Promise<PolicyResult> {
     let client = this.#client;
-    if (client !== undefined && !client.isConnected) {
-      // The server closed an idle connection: reconnect (TLS and bind
-      // included) instead of letting the client reconnect unauthenticated.
-      this.#client = undefined;
-      try {
-        client = await this.#connect();
-      } catch (e) {
-        this.#broken(e);
-        return { kind: "backend_error", reason: describe(e) };
-      }
-    }
-    if (client === undefined) {
-      this.#scheduleRetry();
-      return { kind: "backend_error", reason: `LDAP unavailable: ${this.#lastError}` };
+    if (client === undefined || !client.isConnected) {
+      // A connection the server closed while idle is replaced (TLS and bind
+      // included) rather than letting the client reconnect unauthenticated.
+      if (client !== undefined) this.#drop();
+      const c = await this.#connectWithin(this.config.connectTimeoutMs);
+      if (typeof c === "string") return { kind: "backend_error", reason: `LDAP unavailable: ${c}` };
+      client = c;
     }
     try {
       this.stats.queries++;
@@ -134,7 +130,27 @@ export class LdapPolicyBackend {
     }
   }
 
-  /** Tries every URI in order; resolves with a bound client. */
+  /**
+   * The attempt in flight, or a new one (one attempt serves every message
+   * waiting for it); waits for it at most `ms`. The reason when it failed or
+   * did not finish in time (it goes on; a failure schedules the next one).
+   */
+  async #connectWithin(ms: number): Promise<Client | string> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve(`no connection within ${ms} ms`), ms);
+    });
+    try {
+      return await Promise.race([this.#connect().catch(() => this.#lastError), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Tries every URI in order; resolves with a bound client. A failure is
+   * remembered for the reply and schedules the next background attempt.
+   */
   #connect(): Promise<Client> {
     this.#connecting ??= (async () => {
       let last: unknown;
@@ -153,6 +169,8 @@ export class LdapPolicyBackend {
           await client.search(this.config.searchBase, { scope: "base", attributes: ["1.1"], sizeLimit: 1 });
           this.#client = client;
           this.#failures = 0;
+          if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+          this.#retryTimer = undefined;
           this.log.info("LDAP connected to {url}", { url });
           return client;
         } catch (e) {
@@ -165,17 +183,32 @@ export class LdapPolicyBackend {
         }
       }
       throw last ?? new Error("no LDAP URI configured");
-    })().finally(() => (this.#connecting = undefined));
+    })().then(
+      (client) => {
+        this.#connecting = undefined;
+        return client;
+      },
+      (e: unknown) => {
+        this.#connecting = undefined;
+        this.#lastError = describe(e);
+        this.#scheduleRetry();
+        throw e;
+      },
+    );
     return this.#connecting;
   }
 
   /** Drops the connection and reconnects in the background, with back-off. */
   #broken(e: unknown): void {
     this.#lastError = describe(e);
+    this.#drop();
+    this.#scheduleRetry();
+  }
+
+  #drop(): void {
     const client = this.#client;
     this.#client = undefined;
     if (client !== undefined) void client.unbind().catch(() => {});
-    this.#scheduleRetry();
   }
 
   #scheduleRetry(): void {
@@ -184,10 +217,9 @@ export class LdapPolicyBackend {
     this.#failures++;
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
+      // A failure schedules the next attempt (see #connect).
       this.#connect().catch((e) => {
-        this.#lastError = describe(e);
         if (e instanceof LdapConfigError) this.log.error("{error}", { error: e.message });
-        this.#scheduleRetry();
       });
     }, delay);
     this.#retryTimer.unref?.();

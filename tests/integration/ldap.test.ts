@@ -7,8 +7,9 @@
  * missing attributes; custom attribute names holding malformed values; filter
  * metacharacters in the From domain; start-up errors (wrong password, bad
  * base); the password file; fail-over between URIs; slapd going away and
- * coming back; a server that accepts TCP but never answers; the answer cache
- * (reused within its lifetime, never served after it).
+ * coming back, also frozen and thawed (SIGSTOP, SIGCONT); a server that
+ * accepts TCP but never answers; the answer cache (reused within its
+ * lifetime, never served after it).
  */
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
@@ -485,6 +486,37 @@ describe("LDAP server outages", () => {
     }
   });
 
+  it("slapd frozen, thawed while the reconnect back-off waits: the next message is decided at once, not tempfailed", { timeout: 30_000 }, async () => {
+    const m = await startTcpMilter(
+      ldapEnv(s, { MILTER_LDAP_CACHE_TTL: "0", MILTER_LDAP_RECEIVE_TIMEOUT: "1", MILTER_LDAP_CONNECT_TIMEOUT: "1", LOG_LEVEL: "debug" }),
+    );
+    try {
+      assert.deepEqual(await exchange(m, from("tenant.example")), ok("tenant.example"));
+      s.freeze();
+      const frozen = m.proc.log().length;
+      // The search times out; the backend reconnects in the background with back-off.
+      assert.deepEqual(await exchange(m, from("tenant.example")), TEMPFAILED);
+      // While down, a message waits at most for one connection attempt (connect timeout 1 s).
+      let t = Date.now();
+      assert.deepEqual(await exchange(m, from("tenant.example")), TEMPFAILED);
+      assert.ok(Date.now() - t < 2500, `tempfailed after ${Date.now() - t} ms`);
+      // Two background attempts have failed: the next waits 2 s of back-off, and none is in flight.
+      await m.proc.waitForLog(/LDAP \S+ still failing[^]*LDAP \S+ still failing/, 10_000, frozen);
+      s.thaw();
+      await sleep(300);
+      const thawed = m.proc.log().length;
+      t = Date.now();
+      // Three messages at once: one connection attempt serves them all.
+      const replies = await Promise.all([1, 2, 3].map(() => exchange(m, from("tenant.example"))));
+      for (const r of replies) assert.deepEqual(r, ok("tenant.example"), "decided normally right after slapd answers again");
+      assert.ok(Date.now() - t < 1500, `decided after ${Date.now() - t} ms`);
+      assert.equal(m.proc.log().slice(thawed).match(/LDAP connected/g)?.length, 1, m.proc.log().slice(thawed));
+    } finally {
+      s.thaw();
+      await m.proc.stop();
+    }
+  });
+
   it("cache: a found answer is reused while slapd is down, never after its lifetime", async () => {
     const m = await startTcpMilter(ldapEnv(s, { MILTER_LDAP_CACHE_TTL: "2" }));
     try {
@@ -548,7 +580,8 @@ describe("LDAP server that accepts connections but never answers", () => {
     }
   }
 
-  it("with a bind DN: starts, logs LDAP unreachable, tempfails within a few seconds", async () => {
+  // Each message waits for one connection attempt, up to the connect timeout (1 s).
+  it("with a bind DN: starts, logs LDAP unreachable, tempfails within a few seconds", { timeout: 20_000 }, async () => {
     const m = await startTcpMilter(silentEnv());
     try {
       assert.match(m.proc.log(), /LDAP server unreachable at start-up.*timed out/);
@@ -562,7 +595,7 @@ describe("LDAP server that accepts connections but never answers", () => {
     }
   });
 
-  it("anonymous (no bind): the search itself times out -> tempfail within a few seconds", async () => {
+  it("anonymous (no bind): the search itself times out -> tempfail within a few seconds", { timeout: 20_000 }, async () => {
     const m = await startTcpMilter(silentEnv({ MILTER_LDAP_BINDDN: "", MILTER_LDAP_BINDPW: "" }));
     try {
       assert.match(m.proc.log(), /LDAP server unreachable at start-up.*timed out/);

@@ -24,6 +24,10 @@ export interface Slapd {
   stop(): Promise<void>;
   /** Starts it again on the same port; does nothing while it runs. */
   start(): Promise<void>;
+  /** SIGSTOP: connections are still accepted (by the kernel), nothing is answered. */
+  freeze(): void;
+  /** SIGCONT: it answers again, also what came in while frozen. */
+  thaw(): void;
   /** Stops and removes everything. */
   destroy(): Promise<void>;
 }
@@ -91,6 +95,7 @@ export async function startSlapd(extraLdif = ""): Promise<Slapd> {
     child = undefined;
     if (c === undefined || c.exitCode !== null) return;
     const exited = new Promise((res) => c.once("exit", res));
+    c.kill("SIGCONT"); // a frozen slapd could not act on SIGTERM
     c.kill("SIGTERM");
     const t = setTimeout(() => c.kill("SIGKILL"), 5000);
     await exited;
@@ -107,6 +112,8 @@ export async function startSlapd(extraLdif = ""): Promise<Slapd> {
     },
     stop,
     start,
+    freeze: () => void child?.kill("SIGSTOP"),
+    thaw: () => void child?.kill("SIGCONT"),
     async destroy() {
       await stop();
       rmSync(dir, { recursive: true, force: true });
