@@ -9,6 +9,8 @@
 #   swaks, libnet-ssleay-perl   the SMTP client playing Exchange Online (STARTTLS, client certificate)
 #   python3-dkim   dkimsign, to sign the test messages
 #   openssl      throwaway CA, certificates and DKIM keys
+#   m4           builds the e2e Sendmail's sendmail.cf; Sendmail itself is only unpacked
+#                (installing sendmail-bin would remove Postfix): scripts/sendmail-unpacked.sh
 # Run as root (or with sudo) on Debian 12.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -19,5 +21,6 @@ fi
 echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 # Nor postfix: the e2e tests run their own instance, /etc/postfix stays unconfigured.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-exec "$(dirname "$0")/apt-install.sh" test-deps.sh \
-  miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl
+"$(dirname "$0")/apt-install.sh" test-deps.sh \
+  miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl m4
+exec "$(dirname "$0")/sendmail-unpacked.sh"

@@ -105,7 +105,7 @@ function alive(pid: number): boolean {
   }
 }
 
-async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000, stepMs = 20): Promise<void> {
+export async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000, stepMs = 20): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (await check()) return;
@@ -114,7 +114,7 @@ async function waitUntil(what: string, check: () => boolean | Promise<boolean>, 
   }
 }
 
-function connectable(target: { path: string } | { host: string; port: number }): Promise<boolean> {
+export function connectable(target: { path: string } | { host: string; port: number }): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(target as never);
     s.once("connect", () => {
@@ -151,7 +151,12 @@ export interface Pki {
   readonly otherCn: KeyPair;
   /** CN mail.protection.outlook.com, issued by a CA Postfix does not know. */
   readonly untrustedCa: KeyPair;
+  /** CN mail.protection.outlook.com, issued by a CA Postfix does not know whose name is that of the trusted CA. */
+  readonly sameIssuerName: KeyPair;
 }
+
+/** The CN of the CA the MTAs trust (white space in it: Sendmail writes it as xtext). */
+export const TRUSTED_CA_CN = "E2E Test Relay CA";
 
 const OPENSSL_CNF = `[req]
 distinguished_name = dn
@@ -182,14 +187,19 @@ async function makePki(dir: string): Promise<Pki> {
     await mustExec(TOOLS.openssl, ["req", "-x509", "-config", cnf, "-extensions", ext, ...ec, "-subj", `/CN=${cn}`, ...issuer, "-keyout", pair.key, "-out", pair.cert]);
     return pair;
   };
-  const [ca, evilCa] = await Promise.all([make("ca", "E2E Test Relay CA", "ca_ext"), make("evil-ca", "E2E Untrusted CA", "ca_ext")]);
-  const [server, trusted, otherCn, untrustedCa] = await Promise.all([
+  const [ca, evilCa, twinCa] = await Promise.all([
+    make("ca", TRUSTED_CA_CN, "ca_ext"),
+    make("evil-ca", "E2E Untrusted CA", "ca_ext"),
+    make("twin-ca", TRUSTED_CA_CN, "ca_ext"),
+  ]);
+  const [server, trusted, otherCn, untrustedCa, sameIssuerName] = await Promise.all([
     make("server", "mx.e2e.test", "server_ext", ca),
     make("client-trusted", TRUSTED_CN, "client_ext", ca),
     make("client-other", "other.example.net", "client_ext", ca),
     make("client-untrusted-ca", TRUSTED_CN, "client_ext", evilCa),
+    make("client-same-issuer-name", TRUSTED_CN, "client_ext", twinCa),
   ]);
-  return { ca: ca.cert, server, trusted, otherCn, untrustedCa };
+  return { ca: ca.cert, server, trusted, otherCn, untrustedCa, sameIssuerName };
 }
 
 /** One RSA key per domain (selector "sel"); returns the TestPublicKeys file. */
@@ -278,7 +288,11 @@ export interface SmtpReply {
   readonly queueId?: string;
 }
 
-const queuedAs = (text: string) => /queued as ([0-9A-Za-z]+)/.exec(text)?.[1];
+/** Postfix: "250 2.0.0 Ok: queued as X"; Sendmail: "250 2.0.0 X Message accepted for delivery". */
+const queuedAs = (text: string) => {
+  const m = /queued as ([0-9A-Za-z]+)|^250 2\.0\.0 ([0-9A-Za-z]+) Message accepted for delivery/m.exec(text);
+  return m?.[1] ?? m?.[2];
+};
 
 /**
  * The reply that decided the transaction in a swaks transcript: the first
@@ -543,6 +557,16 @@ export class Chain {
     for (const port of this.ports.values()) await waitUntil(`postfix on ${port}`, () => connectable({ host: "127.0.0.1", port }));
   }
 
+  /** Where smtp-sink listens on 127.0.0.1, for another MTA of the chain. */
+  get sinkPort(): number {
+    return this.#sinkPort;
+  }
+
+  /** OpenDKIM's unix socket, for another MTA of the chain. */
+  get opendkimSocket(): string {
+    return this.#opendkimSocket;
+  }
+
   port(route: string): number {
     const p = this.ports.get(route);
     if (p === undefined) throw new Error(`no route ${route}`);
@@ -566,11 +590,14 @@ export class Chain {
     return f;
   }
 
-  /** One message in one SMTP session with swaks; `cert` "none" = STARTTLS without a certificate, "no-tls" = plain SMTP. */
-  async swaks(route: string, m: Message, cert: Cert = this.pki.trusted, envelope = { from: "alice@tenant.example", to: "bob@dest.example" }): Promise<SmtpReply> {
+  /**
+   * One message in one SMTP session with swaks to a route of the Postfix or to
+   * a port; `cert` "none" = STARTTLS without a certificate, "no-tls" = plain SMTP.
+   */
+  async swaks(route: string | number, m: Message, cert: Cert = this.pki.trusted, envelope = { from: "alice@tenant.example", to: "bob@dest.example" }): Promise<SmtpReply> {
     const tls = cert === "no-tls" ? [] : cert === "none" ? ["--tls"] : ["--tls", "--tls-cert", cert.cert, "--tls-key", cert.key];
     const r = await exec(TOOLS.swaks, [
-      "--server", `127.0.0.1:${this.port(route)}`,
+      "--server", `127.0.0.1:${typeof route === "number" ? route : this.port(route)}`,
       "--ehlo", "mail-am9pr01.outbound.protection.outlook.com",
       "--from", envelope.from, "--to", envelope.to,
       "--data", `@${this.#file(m)}`,
@@ -595,10 +622,10 @@ export class Chain {
     });
   }
 
-  /** The message with this queue id as smtp-sink received it (waits for it). */
+  /** The message with this queue id (Postfix's or Sendmail's) as smtp-sink received it (waits for it). */
   async delivered(queueId: string | undefined, timeoutMs = 15_000): Promise<Delivered> {
     if (queueId === undefined) throw new Error("no queue id: the message was not queued");
-    const mark = new RegExp(`by mx\\.e2e\\.test \\(Postfix\\) with \\S+ id ${queueId}\\b`);
+    const mark = new RegExp(`by mx\\.e2e\\.test \\([^)]*\\) with \\S+ id ${queueId}\\b`);
     let found: string | undefined;
     await waitUntil(`delivery of ${queueId} to smtp-sink`, () => {
       for (const name of readdirSync(this.#sinkDir)) {

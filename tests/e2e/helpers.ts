@@ -7,11 +7,14 @@ import { type Chain, type Delivered, EXOTA, OPENDKIM_AUTHSERVID, OUR_AUTHSERVID,
 
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
-/** The milter's 550, passed on by Postfix at end of DATA: `550 5.7.1 queue_id: Q - message - reason: R`. */
-export function assertRejected(reply: SmtpReply, reason: string): void {
+/** Queue ids: Postfix's (upper-case hex), Sendmail's (14 letters and digits). */
+export const QUEUE_ID = { postfix: "[0-9A-F]+", sendmail: "[0-9A-Za-z]{14}" } as const;
+
+/** The milter's 550, passed on by the MTA at end of DATA: `550 5.7.1 queue_id: Q - message - reason: R`. */
+export function assertRejected(reply: SmtpReply, reason: string, queueId: string = QUEUE_ID.postfix): void {
   assert.match(
     reply.text,
-    new RegExp(`^550 5\\.7\\.1 queue_id: [0-9A-F]+ - Security policy violation! - reason: ${escape(reason)}$`),
+    new RegExp(`^550 5\\.7\\.1 queue_id: ${queueId} - Security policy violation! - reason: ${escape(reason)}$`),
     `expected a 550 for "${reason}", got: ${reply.text}`,
   );
 }
