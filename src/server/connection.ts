@@ -33,14 +33,26 @@ export type TimeoutKind = "idle" | "frame" | "message";
 
 export interface ConnectionHandle {
   /**
-   * Closes the connection as soon as no message is in progress on it: at
-   * once when idle, else right after that message's end-of-message reply.
+   * Closes the connection at the next message boundary: right after the
+   * end-of-message reply of the message in progress, or once no byte has
+   * come for DRAIN_QUIET_MS between messages (bytes of a next message
+   * already sent make it a message in progress, served to its end).
    */
   drain(): void;
 }
 
 /** A connection: the receiver of its socket's events, and the handle to drain it. */
 export interface Connection extends ConnectionHandle, SocketEvents {}
+
+/**
+ * Between messages, how long a draining connection waits for the MTA's next
+ * message before it closes: an MTA that got our reply may be sending the
+ * next one, and closing under it would cut that message. Long enough for a
+ * client starved of CPU on a loaded host; a connection silent for longer
+ * before the signal closes after DRAIN_POLL_MS, once pending bytes are read.
+ */
+const DRAIN_QUIET_MS = 1000;
+const DRAIN_POLL_MS = 50;
 
 /** How long a connection we closed may wait for the MTA to close its side. */
 const CLOSE_GRACE_MS = 5000;
@@ -98,6 +110,12 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
   let closed = false;
   let gone = false;
   let draining = false;
+  let drainTimer: ReturnType<typeof setTimeout> | undefined;
+  let drainStart = 0;
+  /** The last command taken was an end of message (its reply is out or pending). */
+  let ended = false;
+  /** The MAIL-stage macros of a next message came; MAIL itself not yet. */
+  let mailMacros = false;
   let pending: Reply[] = [];
   /** Reply bytes the kernel did not take yet; reading is paused meanwhile. */
   let unsent: Uint8Array | undefined;
@@ -148,7 +166,6 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
   const apply = (out: SessionOutput) => {
     for (const r of out.replies) pending.push(r);
     if (out.close !== undefined) close(out.close.error, out.close.reason);
-    else if (draining && !session.inMessage) close(false, "shutting down");
   };
 
   const process = () => {
@@ -159,6 +176,8 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
       if (!frame.ok) return close(true, `malformed frame: ${frame.error}`);
       const cmd = decodeCommand(frame.value.code, frame.value.payload);
       if (!cmd.ok) return close(true, `malformed command: ${cmd.error}`);
+      ended = cmd.value.type === "eom";
+      mailMacros = cmd.value.type === "macro" ? cmd.value.stage === "M" || mailMacros : false;
       let out: SessionOutput | Promise<SessionOutput>;
       try {
         out = session.handle(cmd.value);
@@ -185,6 +204,22 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
       apply(out);
     }
     flush();
+    if (draining) closeIfDrained();
+  };
+
+  /** While draining: closes at a message boundary (see ConnectionHandle.drain). */
+  const closeIfDrained = () => {
+    if (closed || busy || session.inMessage || mailMacros || reader.buffered > 0) return;
+    // The MTA waits for nothing after our end-of-message reply: the FIN goes out with it.
+    if (ended) return close(false, "shutting down");
+    // Never at once after the signal: bytes the kernel holds for us are read first.
+    const wait = Math.max(lastRead + DRAIN_QUIET_MS, drainStart + DRAIN_POLL_MS) - performance.now();
+    if (wait <= 0) return close(false, "shutting down");
+    // setImmediate: look once more after the I/O poll that follows the timer.
+    drainTimer ??= setTimeout(() => setImmediate(() => {
+      drainTimer = undefined;
+      closeIfDrained();
+    }), wait);
   };
 
   /** Starts or stops the frame and message clocks after frames were taken from the reader. */
@@ -258,7 +293,10 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
     },
     drain() {
       draining = true;
-      if (!busy && !session.inMessage) close(false, "shutting down");
+      drainStart = performance.now();
+      // An end of message answered before the signal: the MTA may be sending the next one now.
+      if (!busy) ended = false;
+      closeIfDrained();
     },
   };
 }

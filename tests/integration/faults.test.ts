@@ -1,7 +1,8 @@
 /**
  * Faults an operator's worst day brings, against the compiled binary over
  * real sockets: clients that trickle bytes, a message that never ends,
- * standard error on a full disk or on a pipe whose reader is gone.
+ * standard error on a full disk or on a pipe whose reader is gone, SIGTERM
+ * while mail flows.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -10,7 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { accepted, message, policyFile, rejected, removeScratch, scratchDir, startTcpMilter, type TcpMilter } from "../lib/fixtures.ts";
 import { scrape, series } from "../lib/metrics.ts";
-import { MilterClient, rawFrame } from "../lib/milter-client.ts";
+import { MilterClient, ProtocolError, rawFrame } from "../lib/milter-client.ts";
 import { BINARY, freePort } from "../lib/milter-process.ts";
 
 after(removeScratch);
@@ -224,5 +225,92 @@ describe("log write failures", () => {
     assert.ok((await mailFlows(p)) >= 25);
     p.child.kill("SIGTERM");
     assert.equal(await exited(p.child), "0");
+  });
+});
+
+describe("SIGTERM", () => {
+  it("a connection whose next message is on the wire is not idle: MAIL macros, or part of a frame, then the signal; the message is decided, then the connection closes; exit 0", async () => {
+    const m = await startTcpMilter({ MILTER_POLICY_FILE: policyFile(), LOG_FORMAT: "text" });
+    const macros = await m.connect();
+    const partial = await m.connect();
+    try {
+      for (const c of [macros, partial]) assert.deepEqual(await c.sendMessage(message({ queueId: "FIRST" })), accepted(0));
+      // The next message has begun: its MAIL-stage macros; two bytes of its first frame.
+      macros.sendMacros("mail", { i: "NEXT1" });
+      const rec = await partial.record(() => partial.sendMessage(message({ queueId: "NEXT2", session: false })));
+      partial.sendRaw(rec.bytes.subarray(0, 2));
+      await sleep(300);
+      m.proc.child.kill("SIGTERM");
+      await m.proc.waitForLog(/SIGTERM: stopping, 2 connection\(s\) open/);
+      // Longer than a connection between messages is kept (1 s).
+      await sleep(1500);
+      assert.equal(macros.ended, false, "closed with the MAIL macros of a message received");
+      assert.equal(partial.ended, false, "closed with part of a frame received");
+      assert.deepEqual(await macros.sendMessage(message({ queueId: "NEXT1", session: false })), accepted(0));
+      partial.sendRaw(rec.bytes.subarray(2));
+      assert.deepEqual(await partial.collect(rec.answered), [[{ type: "continue" }], accepted(0)]);
+      // Closed with the end-of-message reply: the message boundary.
+      await Promise.all([macros.waitClosed(1000), partial.waitClosed(1000)]);
+      assert.equal(await exited(m.proc.child), "0");
+      assert.match(m.proc.log(), /stopped: "all connections closed"/);
+    } finally {
+      macros.destroy();
+      partial.destroy();
+      await m.proc.stop();
+    }
+  });
+
+  /**
+   * 20 connections each send messages back to back as Postfix does within
+   * one SMTP session (CONNECT and HELO once, the next message 2 ms after the
+   * last reply) until they see the milter close; SIGTERM after 0.8 s.
+   * Cut: a message whose DATA the milter had answered (so it had the
+   * message) that got no end-of-message reply. Begun after the close: a
+   * message the client started on a connection the milter had closed with
+   * its last reply (an MTA applies milter_default_action to it).
+   */
+  async function run(round: number): Promise<{ decided: number; cut: number; afterClose: number }> {
+    const m = await startTcpMilter({ MILTER_POLICY_FILE: policyFile(), LOG_FORMAT: "text" });
+    const stats = { decided: 0, cut: 0, afterClose: 0 };
+    const clients: MilterClient[] = [];
+    try {
+      for (let i = 0; i < 20; i++) clients.push(await m.connect());
+      const loops = clients.map(async (c, i) => {
+        for (let n = 0;; n++) {
+          // The SMTP round trip before the next message, then a look at the socket.
+          await sleep(2);
+          await new Promise((res) => setImmediate(res));
+          if (c.ended) return;
+          try {
+            assert.deepEqual(await c.sendMessage(message({ queueId: `R${round}C${i}M${n}`, session: n === 0 })), accepted(0));
+            stats.decided++;
+          } catch (e) {
+            if (!(e instanceof ProtocolError)) throw e;
+            if (/reply to 'data'/.test(e.message)) stats.afterClose++;
+            else stats.cut++;
+            return;
+          }
+        }
+      });
+      await sleep(800);
+      m.proc.child.kill("SIGTERM");
+      await Promise.all(loops);
+      assert.equal(await exited(m.proc.child), "0", m.proc.log());
+      assert.match(m.proc.log(), /stopped: "all connections closed"/);
+    } finally {
+      for (const c of clients) c.destroy();
+      await m.proc.stop();
+    }
+    return stats;
+  }
+
+  it("under load, 3 runs: every message the milter had is decided (0 cut); exit 0 before the deadline", { timeout: 60_000 }, async () => {
+    const runs = [];
+    for (let i = 0; i < 3; i++) runs.push(await run(i));
+    console.log(`SIGTERM under load: ${runs.map((r) => `${r.decided} decided, ${r.cut} cut, ${r.afterClose} begun after the close`).join("; ")}`);
+    for (const r of runs) {
+      assert.ok(r.decided > 20, `only ${r.decided} messages under load`);
+      assert.equal(r.cut, 0);
+    }
   });
 });

@@ -726,7 +726,7 @@ describe("stopping", () => {
     return !existsSync(path);
   };
 
-  it("SIGTERM: the idle connection closes at once, new ones are refused, the message in flight gets its verdict, exit 0", async () => {
+  it("SIGTERM: the idle connection closes after 1 s without a next message, new ones are refused, the message in flight gets its verdict, exit 0", async () => {
     const m = await tcp();
     const busy = await midMessage(() => m.connect(), "INFLIGHT1");
     const idle = await m.connect();
@@ -735,7 +735,8 @@ describe("stopping", () => {
       const mark = m.proc.log().length;
       m.proc.child.kill("SIGTERM");
       await m.proc.waitForLog(/SIGTERM: stopping, 2 connection\(s\) open, waiting up to 10 s for messages in flight/, 2000, mark);
-      await idle.waitClosed(1000);
+      // Its last message ended just before the signal: it is given 1 s for a next one.
+      await idle.waitClosed(2500);
       await assert.rejects(MilterClient.connect({ host: "127.0.0.1", port: m.port }, 2000), (e: NodeJS.ErrnoException) => {
         assert.equal(e.code, "ECONNREFUSED");
         return true;

@@ -115,6 +115,8 @@ export class MilterClient {
   readonly frames: Frame[] = [];
   #waiter: (() => void) | undefined;
   #closed = false;
+  /** The filter sent FIN (it may still read). */
+  #ended = false;
   #readError: Error | undefined;
   readonly #closedPromise: Promise<void>;
   #agreement: OptnegReply | undefined;
@@ -131,6 +133,9 @@ export class MilterClient {
         this.#wake();
         res();
       });
+    });
+    socket.once("end", () => {
+      this.#ended = true;
     });
     socket.on("error", () => {
       // A reset by the filter: "close" follows.
@@ -186,6 +191,11 @@ export class MilterClient {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The filter has closed its side (FIN received), or the connection is closed. */
+  get ended(): boolean {
+    return this.#ended || this.#closed;
   }
 
   /** Replies received but not yet collected (should be empty between commands). */
