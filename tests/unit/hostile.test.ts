@@ -154,9 +154,20 @@ const CASES: Case[] = [
     expect: reject("DKIM alignment required!"),
   },
 
+  {
+    name: "a pass without header.d counts for the domain of header.i",
+    headers: message("ceo@tenant.example").map(([n, v]) => [n, n === "Authentication-Results" ? "relay.example.net; dkim=pass header.i=@tenant.example" : v] as const),
+    expect: accept("tenant.example"),
+  },
+
   // Tenant id
   { name: "second, different tenant id", headers: message("ceo@tenant.example", [["X-MS-Exchange-CrossTenant-Id", ROGUE_TENANT]]), expect: reject("Multiple/different tenant-ID headers found!") },
   { name: "same tenant id twice in other case", headers: message("ceo@tenant.example", [["X-MS-Exchange-CrossTenant-Id", VICTIM_TENANT.toUpperCase()]]), expect: accept("tenant.example") },
+  {
+    name: "white space around the tenant id is ignored",
+    headers: message("ceo@tenant.example").map(([n, v]) => [n, n === "X-MS-Exchange-CrossTenant-Id" ? ` ${v} \t` : v] as const),
+    expect: accept("tenant.example"),
+  },
   {
     name: "attacker's tenant id",
     headers: message("ceo@tenant.example").map(([n, v]) => [n, n === "X-MS-Exchange-CrossTenant-Id" ? ROGUE_TENANT : v] as const),
