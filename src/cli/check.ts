@@ -5,6 +5,7 @@
  * @module
  */
 import type { Config } from "../config.ts";
+import { dkimOffWarning } from "../policy/policy-file.ts";
 import type { PolicyProvider } from "../server/policy-provider.ts";
 
 /** A domain no policy can have: the query runs, the answer is "not found". */
@@ -17,6 +18,7 @@ export async function check(config: Config, policy: PolicyProvider, print: (line
   const entries = policy.entries();
   if (entries !== undefined) {
     print(`  ${entries} domain(s), valid`);
+    if (!config.filter.tenantIdRequired) for (const d of policy.dkimOffDomains() ?? []) print(`  warning: ${dkimOffWarning(d)}`);
     return 0;
   }
   const answer = await policy.lookup()(PROBE_DOMAIN);

@@ -6,6 +6,7 @@
 import { normalizeDomain } from "../mail/address.ts";
 import { readEntries } from "./json-entries.ts";
 import { FastPolicyReader } from "./policy-fast.ts";
+import { PolicyTable } from "./policy-table.ts";
 import { validateEntry } from "./schema.ts";
 import type { Policy, PolicyResult } from "./types.ts";
 
@@ -66,6 +67,23 @@ export async function parsePolicyBytesSliced(
   while (!fast.step(pause)) await yieldNow();
   if (!fast.gaveUp) return { ok: true, policies: fast.policies };
   return parsePolicyFile(utf8.decode(bytes), fileName);
+}
+
+/**
+ * Domains whose policy has `dkim_enabled: false`. While tenant ids are not
+ * required, only the certificate then stands between any Microsoft 365
+ * tenant and such a domain, and, through the Resent-From fallback, every
+ * domain without a policy.
+ */
+export function dkimOffDomains(policies: PolicyMap): string[] {
+  if (policies instanceof PolicyTable) return policies.dkimOffDomains();
+  return [...policies].filter(([, p]) => !p.dkimEnabled).map(([d]) => d);
+}
+
+/** What `check` and the policy log say about such a domain while tenant ids are not required. */
+export function dkimOffWarning(domain: string): string {
+  return `policy of ${domain} has dkim_enabled false while MILTER_TENANT_ID_REQUIRED is off: any Microsoft 365 tenant with the trusted ` +
+    `certificate can send as ${domain}, and via Resent-From as any domain without a policy`;
 }
 
 /** A lookup over a policy map; a map answers at once, never with an error. */

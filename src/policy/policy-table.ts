@@ -203,6 +203,13 @@ export class PolicyTable implements ReadonlyMap<string, Policy> {
     return this.#index(domain) >= 0;
   }
 
+  /** Domains whose policy has `dkim_enabled: false`, without building each policy. */
+  dkimOffDomains(): string[] {
+    const out: string[] = [];
+    for (let e = 0; e < this.#size; e++) if (((this.#keys[2 * e + 1]! >> 8) & DKIM) === 0) out.push(this.#key(e));
+    return out;
+  }
+
   *entries(): MapIterator<[string, Policy]> {
     for (let e = 0; e < this.#size; e++) yield [this.#key(e), this.#policy(e)];
   }

@@ -54,7 +54,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
     logLinesDropped: droppedLogLines,
   });
 
-  const opened = await openPolicy(config, logger("policy"), (r) => metrics.reloaded(r.ok));
+  const opened = await openPolicy(config, logger("policy"), (r) => metrics.reloaded(r.ok), true);
   if (typeof opened === "string") fail(`policy: ${opened}`);
   const policy = opened;
   // A big policy file leaves its bytes (150 MB for a million domains) as

@@ -9,7 +9,7 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, watch
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
 import type { LdapPolicyBackend } from "../policy/ldap-backend.ts";
-import { mapLookup, parsePolicyBytes, parsePolicyBytesSliced, type PolicyMap } from "../policy/policy-file.ts";
+import { dkimOffDomains, dkimOffWarning, mapLookup, parsePolicyBytes, parsePolicyBytesSliced, type PolicyMap } from "../policy/policy-file.ts";
 import type { PolicyLookup } from "../policy/types.ts";
 
 export type ReloadResult = { readonly ok: true; readonly domains: number } | { readonly ok: false; readonly error: string };
@@ -19,6 +19,8 @@ export interface PolicyProvider {
   lookup(): PolicyLookup;
   /** Entries in force (file), or undefined (directory). */
   entries(): number | undefined;
+  /** Domains in force whose policy has `dkim_enabled: false` (file), or undefined (directory). */
+  dkimOffDomains(): readonly string[] | undefined;
   /** Reads the source again; keeps the old policy when the new one is invalid. */
   reload(): ReloadResult | Promise<ReloadResult>;
   close(): Promise<void>;
@@ -89,25 +91,51 @@ async function readSliced(path: string, pause: () => boolean, yieldNow: () => Pr
   }
 }
 
+/** A million-domain file must not flood the log on every reload. */
+const DKIM_OFF_LOG_LINES = 100;
+
 export class FilePolicyProvider implements PolicyProvider {
+  #policies: PolicyMap;
   #lookup: PolicyLookup;
-  #entries: number;
   #watcher: FSWatcher | undefined;
   #debounce: ReturnType<typeof setTimeout> | undefined;
   #stamp: string;
   readonly description: string;
 
   /** Throws nothing: `load` returns the start-up error instead. */
-  private constructor(readonly path: string, policies: PolicyMap, readonly log: Logger, readonly onReload: (r: ReloadResult) => void) {
+  private constructor(
+    readonly path: string,
+    policies: PolicyMap,
+    readonly log: Logger,
+    readonly onReload: (r: ReloadResult) => void,
+    readonly warnDkimOff: boolean,
+  ) {
+    this.#policies = policies;
     this.#lookup = mapLookup(policies);
-    this.#entries = policies.size;
     this.#stamp = stamp(path);
     this.description = `file ${path}`;
   }
 
-  static load(path: string, log: Logger, onReload: (r: ReloadResult) => void = () => {}): FilePolicyProvider | string {
+  /**
+   * Loads the file and logs it; with `warnDkimOff` (tenant ids not required)
+   * also one warning per policy with `dkim_enabled: false`, here and on
+   * reload (the first {@link DKIM_OFF_LOG_LINES}, then how many more).
+   */
+  static load(path: string, log: Logger, onReload: (r: ReloadResult) => void = () => {}, warnDkimOff = false): FilePolicyProvider | string {
     const r = readPolicyFile(path);
-    return r.ok ? new FilePolicyProvider(path, r.policies, log, onReload) : r.error;
+    if (!r.ok) return r.error;
+    const p = new FilePolicyProvider(path, r.policies, log, onReload, warnDkimOff);
+    log.info("policy loaded from {file}: {domains} domain(s)", { file: path, domains: p.entries() });
+    p.#logDkimOff();
+    return p;
+  }
+
+  #logDkimOff(): void {
+    if (!this.warnDkimOff) return;
+    const domains = dkimOffDomains(this.#policies);
+    for (const d of domains.slice(0, DKIM_OFF_LOG_LINES)) this.log.warn("{warning}", { domain: d, warning: dkimOffWarning(d) });
+    const more = domains.length - DKIM_OFF_LOG_LINES;
+    if (more > 0) this.log.warn("{more} more policies with dkim_enabled false; `exota-milter check` lists them all", { more });
   }
 
   lookup(): PolicyLookup {
@@ -115,7 +143,11 @@ export class FilePolicyProvider implements PolicyProvider {
   }
 
   entries(): number {
-    return this.#entries;
+    return this.#policies.size;
+  }
+
+  dkimOffDomains(): readonly string[] {
+    return dkimOffDomains(this.#policies);
   }
 
   #reloading: Promise<ReloadResult> | undefined;
@@ -148,9 +180,10 @@ export class FilePolicyProvider implements PolicyProvider {
     const r = await readPolicyFileSliced(this.path);
     let result: ReloadResult;
     if (r.ok) {
+      this.#policies = r.policies;
       this.#lookup = mapLookup(r.policies);
-      this.#entries = r.policies.size;
       this.log.info("policy reloaded from {file}: {domains} domain(s)", { file: this.path, domains: r.policies.size });
+      this.#logDkimOff();
       result = { ok: true, domains: r.policies.size };
     } else {
       this.log.error("policy reload refused, the old policy stays in force: {error}", { error: r.error });
@@ -217,6 +250,10 @@ export class LdapPolicyProvider implements PolicyProvider {
     return undefined;
   }
 
+  dkimOffDomains(): undefined {
+    return undefined;
+  }
+
   /** A directory has no file to read again: drop cached answers instead. */
   reload(): ReloadResult {
     this.backend.clearCache();
@@ -242,18 +279,15 @@ export function ldapPassword(config: NonNullable<Config["ldap"]>): { ok: true; v
  * Opens the configured policy source. A start-up problem (unreadable or
  * invalid file, wrong LDAP credentials) is returned as text; an LDAP server
  * that does not answer yet is not one (mail is tempfailed until it does).
+ * `logWarnings`: log what the policy opens up (the daemon; `check` prints it).
  */
 export async function openPolicy(
   config: Config,
   log: Logger,
   onReload: (r: ReloadResult) => void = () => {},
+  logWarnings = false,
 ): Promise<PolicyProvider | string> {
-  if (config.ldap === undefined) {
-    const p = FilePolicyProvider.load(config.policyFile, log, onReload);
-    if (typeof p === "string") return p;
-    log.info("policy loaded from {file}: {domains} domain(s)", { file: config.policyFile, domains: p.entries() });
-    return p;
-  }
+  if (config.ldap === undefined) return FilePolicyProvider.load(config.policyFile, log, onReload, logWarnings && !config.filter.tenantIdRequired);
   const password = ldapPassword(config.ldap);
   if (!password.ok) return password.error;
   // Loaded only for LDAP: the client pulls in node:tls, node:crypto and more

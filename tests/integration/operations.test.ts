@@ -153,6 +153,29 @@ describe("policy reload", () => {
     }
   };
 
+  it("while tenant ids are not required, start-up and each reload warn once per policy with dkim_enabled false", async () => {
+    const path = policyFile(JSON.stringify({ "open.example": { dkim_enabled: false }, "signed.example": {} }));
+    const m = await start({ MILTER_POLICY_FILE: path, MILTER_POLICY_WATCH: "false", LOG_FORMAT: "json" });
+    const warnings = (from: number) =>
+      jsonLines(m.proc.log().slice(from)).filter((l) => /has dkim_enabled false/.test(String(l.message))).map((l) => [l.level, l.domain]);
+    assert.deepEqual(warnings(0), [["warning", "open.example"]]);
+    const mark = m.proc.log().length;
+    replaceAtomically(path, JSON.stringify({ "open.example": { dkim_enabled: false }, "also-open.example": { dkim_enabled: false } }));
+    m.proc.child.kill("SIGHUP");
+    await m.proc.waitForLog(/policy of also-open\.example has dkim_enabled false/, 5000, mark);
+    assert.match(m.proc.log().slice(mark), /"message":"policy reloaded from [^"]*: 2 domain\(s\)"/);
+    assert.deepEqual(warnings(mark), [["warning", "open.example"], ["warning", "also-open.example"]]);
+    // A big file: the first 100 are named, then how many more.
+    const many = Object.fromEntries(Array.from({ length: 102 }, (_, i) => [`open${i}.example`, { dkim_enabled: false }]));
+    const mark2 = m.proc.log().length;
+    replaceAtomically(path, JSON.stringify(many));
+    m.proc.child.kill("SIGHUP");
+    await m.proc.waitForLog(/2 more policies with dkim_enabled false/, 5000, mark2);
+    assert.deepEqual(warnings(mark2), Array.from({ length: 100 }, (_, i) => ["warning", `open${i}.example`]));
+    const strict = await start({ MILTER_POLICY_FILE: path, MILTER_TENANT_ID_REQUIRED: "true", LOG_FORMAT: "json" });
+    assert.doesNotMatch(strict.proc.log(), /dkim_enabled false/);
+  });
+
   it("SIGHUP reloads (the file alone does not with MILTER_POLICY_WATCH=false); an invalid or missing file is refused, the old policy stays", async () => {
     const metricsPort = await freePort();
     const path = policyFile(POLICY_OLD);
@@ -382,6 +405,26 @@ describe("check", () => {
     assert.ok(!r.output.includes("fl4g-Secret"));
     const empty = await runMilter(["check"], { MILTER_POLICY_FILE: policyFile() });
     assert.ok(empty.output.split("\n").includes("  MILTER_LDAP_BINDPW=  (default)"), empty.output);
+  });
+
+  it("names each policy with dkim_enabled false while tenant ids are not required, one line each; none when they are", async () => {
+    const path = policyFile(JSON.stringify({
+      "open.example": { dkim_enabled: false },
+      "signed.example": {},
+      "open-too.example": { tenant_id: TENANT, dkim_enabled: false },
+    }));
+    const r = await runMilter(["check"], { MILTER_POLICY_FILE: path });
+    assert.equal(r.code, 0, r.output);
+    assert.deepEqual(
+      r.output.split("\n").filter((l) => l.includes("dkim_enabled false")),
+      ["open.example", "open-too.example"].map((d) =>
+        `  warning: policy of ${d} has dkim_enabled false while MILTER_TENANT_ID_REQUIRED is off: ` +
+        `any Microsoft 365 tenant with the trusted certificate can send as ${d}, and via Resent-From as any domain without a policy`
+      ),
+    );
+    const strict = await runMilter(["check"], { MILTER_POLICY_FILE: path, MILTER_TENANT_ID_REQUIRED: "true" });
+    assert.equal(strict.code, 0, strict.output);
+    assert.doesNotMatch(strict.output, /dkim_enabled false/);
   });
 
   it("an invalid policy file: exit 1 with file:line, domain, key and reason", async () => {
@@ -879,9 +922,9 @@ describe("log formats", () => {
     assert.equal(no.qid, "LOG2");
     assert.equal(no.verdict, "reject");
     assert.equal(no.reason, "No policy for 5322.from_domain unknown.example");
+    // The policy's dkim_enabled false entry (tenant ids not required), then the misplaced result of LOG1.
     const warning = records.filter((r) => r.level === "warning");
-    assert.equal(warning.length, 1);
-    assert.equal(warning[0]!.qid, "LOG1");
+    assert.deepEqual(warning.map((r) => r.domain ?? r.qid), ["no-dkim.example", "LOG1"]);
   });
 
   const checkJournal = (log: string) => {

@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { readEntries } from "../../src/policy/json-entries.ts";
-import { mapLookup, parsePolicyFile } from "../../src/policy/policy-file.ts";
+import { dkimOffDomains, mapLookup, parsePolicyBytes, parsePolicyFile } from "../../src/policy/policy-file.ts";
+import { PolicyTable } from "../../src/policy/policy-table.ts";
 import { validateEntry } from "../../src/policy/schema.ts";
 import type { Policy } from "../../src/policy/types.ts";
 
@@ -252,5 +253,22 @@ describe("validateEntry", () => {
     const r = validateEntry(o);
     assert.equal(r.ok, false);
     assert.ok(!r.ok && r.key === "__proto__");
+  });
+});
+
+describe("dkimOffDomains", () => {
+  const text = JSON.stringify({ "Open.example": { dkim_enabled: false }, "signed.example": {}, "on.example": { dkim_enabled: true }, "open2.example": { dkim_enabled: false } });
+  it("names the policies with dkim_enabled false, in file order (general reader and fast path alike)", () => {
+    const general = parsePolicyFile(text, "p.json");
+    const fast = parsePolicyBytes(new TextEncoder().encode(text), "p.json");
+    assert.ok(general.ok && fast.ok);
+    assert.ok(fast.policies instanceof PolicyTable && !(general.policies instanceof PolicyTable));
+    assert.deepEqual(dkimOffDomains(general.policies), ["open.example", "open2.example"]);
+    assert.deepEqual(dkimOffDomains(fast.policies), ["open.example", "open2.example"]);
+  });
+  it("none", () => {
+    const r = parsePolicyFile(`{"a.example": {}}`, "p.json");
+    assert.ok(r.ok);
+    assert.deepEqual(dkimOffDomains(r.policies), []);
   });
 });
