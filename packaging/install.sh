@@ -4,6 +4,8 @@
 #   systemd units          -> /etc/systemd/system/
 #   env file, policy       -> /etc/exota-milter/ (never overwritten)
 #   README                 -> /usr/local/share/doc/exota-milter/
+#   man page exota-milter(8) -> /usr/local/share/man/man8/ (what the binary prints
+#                             with --man, else exota-milter.8 beside it)
 # Creates the system user exota-milter when installing into the live system.
 # Usage: sudo packaging/install.sh [path/to/exota-milter]
 set -eu
@@ -14,10 +16,20 @@ dest=${DESTDIR:-}
 
 [ -x "$binary" ] || { echo "install.sh: $binary not found; run npm run build first" >&2; exit 1; }
 
-install -d "$dest/usr/local/bin" "$dest/etc/systemd/system" "$dest/etc/exota-milter" "$dest/usr/local/share/doc/exota-milter"
+install -d "$dest/usr/local/bin" "$dest/etc/systemd/system" "$dest/etc/exota-milter" "$dest/usr/local/share/doc/exota-milter" \
+  "$dest/usr/local/share/man/man8"
 install -m 0755 "$binary" "$dest/usr/local/bin/exota-milter"
 install -m 0644 "$here/systemd/exota-milter.socket" "$here/systemd/exota-milter.service" "$dest/etc/systemd/system/"
 install -m 0644 "$top/README.md" "$dest/usr/local/share/doc/exota-milter/README.md"
+# The man page of exactly this binary; a binary for another CPU (packaging
+# into DESTDIR) cannot run here, so then the build's page beside it.
+man=$dest/usr/local/share/man/man8/exota-milter.8
+if "$binary" --man >"$man" 2>/dev/null || install -m 0644 "$(dirname "$binary")/exota-milter.8" "$man" 2>/dev/null; then
+  chmod 0644 "$man"
+else
+  rm -f "$man"
+  echo "install.sh: no man page: $binary --man did not run here and there is no exota-milter.8 beside it" >&2
+fi
 # Settings and policy belong to the postmaster: never replace them.
 for pair in "exota-milter.env:$here/exota-milter.env" "policy.json:$top/policy.example.json"; do
   name=${pair%%:*}

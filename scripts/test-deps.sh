@@ -11,6 +11,7 @@
 #   openssl      throwaway CA, certificates and DKIM keys
 #   m4           builds the e2e Sendmail's sendmail.cf; Sendmail itself is only unpacked
 #                (installing sendmail-bin would remove Postfix): scripts/sendmail-unpacked.sh
+#   man-db, groff-base, mandoc   render and lint the man page (man -l, groff -ww, mandoc -T lint)
 # Run as root (or with sudo) on Debian 12.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -22,5 +23,6 @@ echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 # Nor postfix: the e2e tests run their own instance, /etc/postfix stays unconfigured.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 "$(dirname "$0")/apt-install.sh" test-deps.sh \
-  miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl m4
+  miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl m4 \
+  man-db groff-base mandoc
 exec "$(dirname "$0")/sendmail-unpacked.sh"

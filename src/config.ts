@@ -404,7 +404,7 @@ export interface ExplainRequest {
 export type ConfigResult =
   | { readonly ok: true; readonly command: "run" | "check"; readonly config: Config }
   | { readonly ok: true; readonly command: "explain"; readonly config: Config; readonly explain: ExplainRequest }
-  | { readonly ok: true; readonly command: "help" | "version" }
+  | { readonly ok: true; readonly command: "help" | "version" | "man" }
   | { readonly ok: false; readonly error: string };
 
 const EXPLAIN_FLAGS = ["message", "client-ip", "cert-subject", "cert-issuer", "cert-verify", "queue-id"] as const;
@@ -412,17 +412,18 @@ const EXPLAIN_FLAGS = ["message", "client-ip", "cert-subject", "cert-issuer", "c
 interface Flags {
   readonly help: boolean;
   readonly version: boolean;
+  readonly man: boolean;
   readonly values: Map<string, string>;
   readonly positionals: string[];
 }
 
 /**
- * `--flag=value`, `--flag value`, `-h`/`--help`, `-V`/`--version`, positional
+ * `--flag=value`, `--flag value`, `-h`/`--help`, `-V`/`--version`, `--man`, positional
  * words, `--` ends the flags; the last of a repeated flag wins. Own code
  * rather than node:util's parseArgs, whose module costs ~5 ms of start-up.
  */
 function parseFlags(argv: readonly string[], valueFlags: ReadonlySet<string>): Flags | string {
-  const flags = { help: false, version: false, values: new Map<string, string>(), positionals: [] as string[] };
+  const flags = { help: false, version: false, man: false, values: new Map<string, string>(), positionals: [] as string[] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--") {
@@ -431,6 +432,7 @@ function parseFlags(argv: readonly string[], valueFlags: ReadonlySet<string>): F
     }
     if (arg === "-h" || arg === "--help") flags.help = true;
     else if (arg === "-V" || arg === "--version") flags.version = true;
+    else if (arg === "--man") flags.man = true;
     else if (arg.startsWith("--")) {
       const eq = arg.indexOf("=");
       const name = arg.slice(2, eq < 0 ? undefined : eq);
@@ -453,6 +455,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   if (typeof parsed === "string") return { ok: false, error: `${parsed} (see --help)` };
   if (parsed.help) return { ok: true, command: "help" };
   if (parsed.version) return { ok: true, command: "version" };
+  if (parsed.man) return { ok: true, command: "man" };
   const [command = "run", ...extra] = parsed.positionals;
   if (command !== "run" && command !== "check" && command !== "explain") {
     return { ok: false, error: `unknown command "${command}": expected run, check or explain (see --help)` };
@@ -584,23 +587,41 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   return { ok: true, command, config };
 }
 
+/** The commands, for --help and the man page (src/cli/manpage.ts). */
+export const COMMANDS = [
+  { name: "run", usage: "[run] [--FLAG=VALUE ...]", summary: "serve mail" },
+  { name: "check", usage: "check [--FLAG=VALUE ...]", summary: "validate configuration and policy, print what is in force" },
+  {
+    name: "explain",
+    usage: "explain --message FILE.eml [--client-ip IP] [--cert-subject CN] [--cert-issuer CN] [--cert-verify OK] [--queue-id ID]",
+    summary: "decide a saved message and print every step; the --cert-* values as the MTA gives the macros " +
+      "{cert_subject}, {cert_issuer}, {verify}",
+  },
+] as const;
+
+/** The options that are no setting, for --help and the man page. */
+export const OTHER_OPTIONS = [
+  { flags: ["-h", "--help"], summary: "this text" },
+  { flags: ["-V", "--version"], summary: "the version, the build target and the Bun version" },
+  { flags: ["--man"], summary: "the manual page exota-milter(8), as roff (man -l - reads it)" },
+] as const;
+
 /** The --help text, generated from the settings table. */
 export function helpText(program: string): string {
-  const lines = [
-    `Usage: ${program} [run] [--FLAG=VALUE ...]      serve mail`,
-    `       ${program} check [--FLAG=VALUE ...]      validate configuration and policy, print what is in force`,
-    `       ${program} explain --message FILE.eml [--client-ip IP] [--cert-subject CN] [--cert-issuer CN] [--queue-id ID]`,
-    "                       [--cert-verify OK]     decide a saved message and print every step; the --cert-* values",
-    "                                              as the MTA gives the macros {cert_subject}, {cert_issuer}, {verify}",
+  const lines = COMMANDS.map((c, i) => {
+    const head = `${i === 0 ? "Usage:" : "      "} ${program} ${c.usage}`;
+    return head.length < 48 ? head.padEnd(50) + c.summary : `${head}\n${" ".repeat(50)}${c.summary}`;
+  });
+  lines.push(
     "",
     "Exchange Online Tenant Authorisation milter. Every setting is a flag or an",
     "environment variable; a flag wins. Booleans are words: true/false, yes/no, on/off, 1/0.",
     "",
-  ];
+  );
   for (const s of Object.values(SETTINGS)) {
     lines.push(`  --${s.flag}=VALUE   (${s.env}${s.default !== undefined ? `, default ${JSON.stringify(s.default)}` : ""})`);
     lines.push(`      ${s.help}; ${s.accepted}`);
   }
-  lines.push("  -h, --help      this text", "  -V, --version   the version");
+  for (const o of OTHER_OPTIONS) lines.push(`  ${o.flags.join(", ").padEnd(14)}  ${o.summary}`);
   return lines.join("\n");
 }

@@ -12,8 +12,16 @@ import { flushLogs, logger, setupLogging } from "./log.ts";
 import { runDaemon } from "./server/daemon.ts";
 import { openPolicy } from "./server/policy-provider.ts";
 
+// Set by build.ts (--define); running from source says so.
 declare const EXOTA_VERSION: string | undefined;
+declare const EXOTA_TARGET: string | undefined;
+declare const EXOTA_BUN_VERSION: string | undefined;
+declare const EXOTA_DATE: string | undefined;
 const VERSION = typeof EXOTA_VERSION === "string" ? EXOTA_VERSION : `${pkg.version}-dev`;
+const TARGET = typeof EXOTA_TARGET === "string" ? EXOTA_TARGET : "source";
+const RUNTIME = typeof EXOTA_BUN_VERSION === "string"
+  ? `Bun ${EXOTA_BUN_VERSION}`
+  : process.versions.bun !== undefined ? `Bun ${process.versions.bun}` : `Deno ${process.versions.deno}`;
 
 function fail(message: string): never {
   flushLogs();
@@ -30,8 +38,13 @@ switch (r.command) {
     print(helpText("exota-milter"));
     break;
   case "version":
-    print(`exota-milter ${VERSION}`);
+    print(`exota-milter ${VERSION} (${TARGET}, ${RUNTIME})`);
     break;
+  case "man": {
+    const { manPage } = await import("./cli/manpage.ts");
+    process.stdout.write(manPage(VERSION, typeof EXOTA_DATE === "string" ? EXOTA_DATE : new Date().toISOString().slice(0, 10)));
+    break;
+  }
   case "run":
     setupLogging(r.config.name, r.config.logLevel, r.config.logFormat);
     await runDaemon(r.config, VERSION, fail);

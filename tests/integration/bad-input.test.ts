@@ -28,6 +28,7 @@ import {
 } from "../lib/fixtures.ts";
 import { MilterClient, rawFrame } from "../lib/milter-client.ts";
 import { runMilter } from "../lib/milter-process.ts";
+import pkg from "../../package.json" with { type: "json" };
 
 const ENV = {
   MILTER_DKIM_ENABLED: "true",
@@ -374,11 +375,16 @@ describe("start-up errors and the command line", () => {
     assert.match(r.output, /--bogus.*\(see --help\)/);
   });
 
-  it("--version and -V print the version and exit 0", async () => {
+  it("--version and -V print the version, the build target and the Bun version, and exit 0", async () => {
     for (const flag of ["--version", "-V"]) {
       const r = await runMilter([flag], {});
       assert.equal(r.code, 0, flag);
-      assert.match(r.output, /^exota-milter \d+\.\d+\.\d+\S*\n$/, flag);
+      const m = /^exota-milter (\S+) \((\S+), Bun (\S+)\)\n$/.exec(r.output);
+      assert.ok(m, r.output);
+      // build.ts: package.json's version, and the commit when it is not the release's tag.
+      assert.match(m[1]!, new RegExp(`^${pkg.version.replaceAll(".", "\\.")}(\\+g[0-9a-f]{10}(\\.dirty)?)?$`), flag);
+      assert.equal(m[2], `bun-${process.platform}-${process.arch}`, flag);
+      assert.equal(m[3], process.versions.bun, flag);
     }
   });
 

@@ -1,5 +1,6 @@
 /**
- * packaging/: install.sh and uninstall.sh into a DESTDIR, the systemd units
+ * packaging/: install.sh and uninstall.sh into a DESTDIR (binary, units,
+ * settings, README, man page), the systemd units
  * (systemd-analyze verify, and the sockets the unit passes served by the
  * compiled binary), the shipped env file with the example policy.
  */
@@ -72,6 +73,9 @@ function unitValues(text: string, section: string, key: string): string[] {
   return out;
 }
 
+/** Per test: bun's default is 5 s; an install copies the 110 MB binary and runs it. */
+const T = { timeout: 30_000 };
+
 describe("install.sh and uninstall.sh with DESTDIR", () => {
   let dest: string;
   before(() => {
@@ -81,7 +85,7 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
   const ENV_FILE = "etc/exota-milter/exota-milter.env";
   const POLICY = "etc/exota-milter/policy.json";
 
-  it("installs the binary, the units, the env file, the policy and the README", () => {
+  it("installs the binary, the units, the env file, the policy, the README and the man page", T, () => {
     const r = sh(join(PACKAGING, "install.sh"), [BINARY], { DESTDIR: dest });
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, new RegExp(`install.sh: installed into ${dest.replace(/[.\\]/g, "\\$&")}\\n$`));
@@ -103,6 +107,9 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
       "usr/local/share/doc/",
       "usr/local/share/doc/exota-milter/",
       "usr/local/share/doc/exota-milter/README.md",
+      "usr/local/share/man/",
+      "usr/local/share/man/man8/",
+      "usr/local/share/man/man8/exota-milter.8",
     ]);
     assert.equal(mode(at("usr/local/bin/exota-milter")), "755");
     assert.equal(statSync(at("usr/local/bin/exota-milter")).size, statSync(BINARY).size);
@@ -113,6 +120,8 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
     }
     assert.equal(readFileSync(at(ENV_FILE), "utf8"), readFileSync(join(PACKAGING, "exota-milter.env"), "utf8"));
     assert.equal(readFileSync(at(POLICY), "utf8"), readFileSync(join(ROOT, "policy.example.json"), "utf8"));
+    assert.equal(readFileSync(at("usr/local/share/man/man8/exota-milter.8"), "utf8"), spawnSync(BINARY, ["--man"], { encoding: "utf8" }).stdout);
+    assert.equal(mode(at("usr/local/share/man/man8/exota-milter.8")), "644");
     // Settings may hold the LDAP password: not world-readable.
     assert.equal(mode(at(ENV_FILE)), "640");
     assert.equal(mode(at(POLICY)), "640");
@@ -121,7 +130,7 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
   it("the installed binary runs: --version, and `check` with the installed env file and policy", async () => {
     const version = spawnSync(at("usr/local/bin/exota-milter"), ["--version"], { encoding: "utf8", env: { PATH: "/usr/bin:/bin" } });
     assert.equal(version.status, 0);
-    assert.match(version.stdout, /^exota-milter \d+\.\d+\.\d+\S*\n$/);
+    assert.match(version.stdout, /^exota-milter \d+\.\d+\.\d+\S* \(bun-linux-\w+, Bun \d+\.\d+\.\d+\)\n$/);
     const env = parseEnvFile(readFileSync(at(ENV_FILE), "utf8"));
     assert.equal(env.MILTER_POLICY_FILE, "/etc/exota-milter/policy.json", "the env file points at the installed policy");
     const r = await runMilter(["check"], { ...env, MILTER_POLICY_FILE: at(POLICY) });
@@ -130,7 +139,7 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
     assert.ok(r.output.split("\n").includes("  MILTER_REPORT_ONLY=true  (environment)"), r.output);
   });
 
-  it("a second install keeps a modified env file and policy, and replaces the binary", () => {
+  it("a second install keeps a modified env file and policy, and replaces the binary", T, () => {
     writeFileSync(at(ENV_FILE), "# mine\nMILTER_POLICY_FILE=/etc/exota-milter/policy.json\nMILTER_REPORT_ONLY=false\n");
     writeFileSync(at(POLICY), '{ "mine.example": {} }\n');
     writeFileSync(at("usr/local/bin/exota-milter"), "#!/bin/sh\necho old\n");
@@ -143,17 +152,32 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
     assert.equal(sha256(at("usr/local/bin/exota-milter")), sha256(BINARY));
   });
 
-  it("uninstall.sh removes the binary, units and README, and keeps /etc/exota-milter", () => {
+  it("uninstall.sh removes the binary, units, README and man page, and keeps /etc/exota-milter", () => {
     const r = sh(join(PACKAGING, "uninstall.sh"), [], { DESTDIR: dest });
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, /uninstall.sh: removed from .*; \/etc\/exota-milter was kept\n$/);
-    for (const p of ["usr/local/bin/exota-milter", "etc/systemd/system/exota-milter.service", "etc/systemd/system/exota-milter.socket", "usr/local/share/doc/exota-milter"]) {
+    for (const p of ["usr/local/bin/exota-milter", "etc/systemd/system/exota-milter.service", "etc/systemd/system/exota-milter.socket", "usr/local/share/doc/exota-milter", "usr/local/share/man/man8/exota-milter.8"]) {
       assert.equal(existsSync(at(p)), false, `${p} still there`);
     }
     assert.equal(readFileSync(at(ENV_FILE), "utf8"), "# mine\nMILTER_POLICY_FILE=/etc/exota-milter/policy.json\nMILTER_REPORT_ONLY=false\n");
     assert.equal(readFileSync(at(POLICY), "utf8"), '{ "mine.example": {} }\n');
     // Twice is fine.
     assert.equal(sh(join(PACKAGING, "uninstall.sh"), [], { DESTDIR: dest }).code, 0);
+  });
+
+  it("a binary that cannot run here (another CPU): install.sh takes the man page beside it, or says there is none", T, () => {
+    const dir = scratchDir();
+    const foreign = join(dir, "exota-milter");
+    writeFileSync(foreign, "#!/bin/sh\nexit 126\n", { mode: 0o755 });
+    const root = join(dir, "root");
+    let r = sh(join(PACKAGING, "install.sh"), [foreign], { DESTDIR: root });
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /\ninstall.sh: no man page: .* --man did not run here and there is no exota-milter.8 beside it\n/);
+    assert.equal(existsSync(join(root, "usr/local/share/man/man8/exota-milter.8")), false);
+    writeFileSync(join(dir, "exota-milter.8"), ".TH EXOTA-MILTER 8\n");
+    r = sh(join(PACKAGING, "install.sh"), [foreign], { DESTDIR: root });
+    assert.equal(r.code, 0, r.out);
+    assert.equal(readFileSync(join(root, "usr/local/share/man/man8/exota-milter.8"), "utf8"), ".TH EXOTA-MILTER 8\n");
   });
 
   it("install.sh without a built binary fails with a message and installs nothing", () => {

@@ -34,6 +34,8 @@ export interface StartOptions {
   readonly command?: readonly string[];
   /** Log line that means "ready"; default: the listening line. */
   readonly ready?: RegExp;
+  /** How long to wait for it; default 10 s (an emulated CPU needs longer). */
+  readonly readyTimeoutMs?: number;
 }
 
 /** A fresh temporary directory. */
@@ -131,7 +133,7 @@ export async function startMilter(opts: StartOptions = {}): Promise<MilterProces
       return code;
     },
   };
-  await waitForLog(opts.ready ?? / listening on /);
+  await waitForLog(opts.ready ?? / listening on /, opts.readyTimeoutMs);
   return proc;
 }
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Config, helpText, loadConfig, SETTINGS } from "../../src/config.ts";
+import { COMMANDS, type Config, helpText, loadConfig, OTHER_OPTIONS, SETTINGS } from "../../src/config.ts";
 import { formatSocketSpec, parseSocketSpec } from "../../src/server/socket-spec.ts";
 
 type Env = Record<string, string | undefined>;
@@ -244,12 +244,19 @@ describe("flags", () => {
     assert.deepEqual(loadConfig(["--help"], { MILTER_DKIM_ENABLED: "yepp" }), { ok: true, command: "help" });
   });
 
-  it("the help text lists every flag with its variable", () => {
+  it("--man is a command, also with a broken environment", () => {
+    assert.deepEqual(loadConfig(["--man"], {}), { ok: true, command: "man" });
+    assert.deepEqual(loadConfig(["check", "--man"], { MILTER_DKIM_ENABLED: "yepp" }), { ok: true, command: "man" });
+  });
+
+  it("the help text lists every flag with its variable, every command and the other options", () => {
     const h = helpText("exota-milter");
     assert.match(h, /^Usage: exota-milter \[run\]/);
     for (const s of Object.values(SETTINGS)) {
       assert.ok(h.includes(`--${s.flag}=VALUE   (${s.env}`), s.flag);
     }
+    for (const c of COMMANDS) assert.ok(h.includes(`exota-milter ${c.usage}`), c.name);
+    for (const o of OTHER_OPTIONS) assert.ok(h.includes(`  ${o.flags.join(", ")} `), o.flags.join());
   });
 
   it("unknown flag -> error naming it", () => {
