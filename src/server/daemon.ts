@@ -14,6 +14,7 @@ import { droppedLogLines, logger } from "../log.ts";
 import { type ConnectionHandle, serveConnection } from "./connection.ts";
 import { inheritedFds, type Listener, listenOn, listenOnFd, type MilterSocket, type SocketEvents } from "./listen.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
+import { RefusalLog } from "./refusals.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
 import { runtime } from "./runtime.ts";
 
@@ -66,17 +67,15 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   if (policy instanceof FilePolicyProvider && config.policyWatch) setTimeout(() => policy.watch(), 200);
 
   let nextConn = 0;
+  const refusals = new RefusalLog(sessionLog);
   // Configuration faults of the MTA, each logged once: they would repeat for every message.
   const misconfigurations = new Set<string>();
   const now = () => performance.now();
   const onConnection = (socket: MilterSocket, listener: string, tcp: boolean): SocketEvents | undefined => {
     const conn = (++nextConn).toString();
     if (stopping || open.size >= config.maxConnections) {
-      sessionLog.warn("refusing connection on {listener}", {
-        conn,
-        listener,
-        reason: stopping ? "shutting down" : `${open.size} connections open (MILTER_MAX_CONNECTIONS)`,
-      });
+      metrics.refused(stopping ? "shutting_down" : "limit");
+      refusals.refused(conn, listener, stopping ? "shutting down" : `${open.size} connections open (MILTER_MAX_CONNECTIONS)`);
       socket.end();
       return undefined;
     }

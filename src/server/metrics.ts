@@ -35,6 +35,7 @@ export class Metrics {
   #latencyCount = 0;
   #connections = 0;
   readonly #timedOut: Record<TimeoutKind, number> = { idle: 0, frame: 0, message: 0 };
+  readonly #refused = { limit: 0, shutting_down: 0 };
   #reloadsOk = 0;
   #reloadsFailed = 0;
 
@@ -56,6 +57,10 @@ export class Metrics {
 
   connectionOpened(): void {
     this.#connections++;
+  }
+
+  refused(reason: "limit" | "shutting_down"): void {
+    this.#refused[reason]++;
   }
 
   timedOut(kind: TimeoutKind): void {
@@ -82,6 +87,8 @@ export class Metrics {
     out.push(`exota_milter_connections_open ${this.sources.connectionsOpen()}`);
     metric("exota_milter_connections_total", "counter", "Milter connections accepted.");
     out.push(`exota_milter_connections_total ${this.#connections}`);
+    metric("exota_milter_connections_refused_total", "counter", "Milter connections refused: at MILTER_MAX_CONNECTIONS, or while shutting down.");
+    for (const [reason, n] of Object.entries(this.#refused)) out.push(`exota_milter_connections_refused_total{reason="${reason}"} ${n}`);
     metric(
       "exota_milter_connections_timed_out_total",
       "counter",

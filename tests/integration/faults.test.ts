@@ -2,7 +2,7 @@
  * Faults an operator's worst day brings, against the compiled binary over
  * real sockets: clients that trickle bytes, a message that never ends,
  * standard error on a full disk or on a pipe whose reader is gone, SIGTERM
- * while mail flows.
+ * while mail flows, a flood of connections at the connection limit.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -311,6 +311,47 @@ describe("SIGTERM", () => {
     for (const r of runs) {
       assert.ok(r.decided > 20, `only ${r.decided} messages under load`);
       assert.equal(r.cut, 0);
+    }
+  });
+});
+
+describe("a flood at MILTER_MAX_CONNECTIONS", () => {
+  it("200 refused connections: one WARNING line at once, one line with the count 10 s later, every one in the metrics", { timeout: 60_000 }, async () => {
+    const metricsPort = await freePort();
+    const m = await startTcpMilter({
+      MILTER_POLICY_FILE: policyFile(),
+      MILTER_MAX_CONNECTIONS: "2",
+      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+      LOG_FORMAT: "text",
+    });
+    const held = [await m.connect(), await m.connect()];
+    try {
+      for (const c of held) await c.negotiate();
+      const from = m.proc.log().length;
+      const t0 = performance.now();
+      for (let batch = 0; batch < 10; batch++) {
+        await Promise.all(Array.from({ length: 20 }, async () => {
+          const c = await m.connect();
+          try {
+            await c.waitClosed(5000);
+          } finally {
+            c.destroy();
+          }
+        }));
+      }
+      const s = await scrape(metricsPort);
+      assert.deepEqual(series(s, "exota_milter_connections_refused_total"), {
+        'exota_milter_connections_refused_total{reason="limit"}': 200,
+        'exota_milter_connections_refused_total{reason="shutting_down"}': 0,
+      });
+      const refusing = () => m.proc.log().slice(from).split("\n").filter((l) => /refus/.test(l));
+      if (performance.now() - t0 < 9000) assert.equal(refusing().length, 1, refusing().join("\n"));
+      assert.match(refusing()[0]!, /WARNING .*refusing connection on inet:\d+@127\.0\.0\.1 conn=\d+ reason="2 connections open \(MILTER_MAX_CONNECTIONS\)"/);
+      await m.proc.waitForLog(/WARNING .*refused 199 more connection\(s\) in the last 10 s reason="2 connections open \(MILTER_MAX_CONNECTIONS\)"/, 15_000, from);
+      assert.equal(refusing().length, 2, refusing().join("\n"));
+    } finally {
+      for (const c of held) c.destroy();
+      await m.proc.stop();
     }
   });
 });
