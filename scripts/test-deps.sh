@@ -9,6 +9,7 @@
 #   swaks, libnet-ssleay-perl   the SMTP client playing Exchange Online (STARTTLS, client certificate)
 #   python3-dkim   dkimsign, to sign the test messages
 #   openssl      throwaway CA, certificates and DKIM keys
+#   dkimpy-milter, rspamd   the other DKIM verifiers of the e2e chain (private instances)
 #   m4           builds the e2e Sendmail's sendmail.cf; Sendmail itself is only unpacked
 #                (installing sendmail-bin would remove Postfix): scripts/sendmail-unpacked.sh
 #   man-db, groff-base, mandoc   render and lint the man page (man -l, groff -ww, mandoc -T lint)
@@ -22,7 +23,15 @@ fi
 echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 # Nor postfix: the e2e tests run their own instance, /etc/postfix stays unconfigured.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# Their postinst scripts would start system daemons (rspamd, dkimpy-milter,
+# slapd, ...) where no service manager stops it: the tests run their own
+# instances on free loopback ports, so keep the system ones from starting.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# test-deps.sh: no daemon starts while it installs\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 "$(dirname "$0")/apt-install.sh" test-deps.sh \
   miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl m4 \
-  man-db groff-base mandoc
-exec "$(dirname "$0")/sendmail-unpacked.sh"
+  man-db groff-base mandoc dkimpy-milter rspamd
+"$(dirname "$0")/sendmail-unpacked.sh"

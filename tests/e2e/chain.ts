@@ -403,6 +403,7 @@ export class Chain {
   #sinkPort = 0;
   #sink: ChildProcess | undefined;
   #opendkim: ChildProcess | undefined;
+  readonly #peers: ChildProcess[] = [];
   #opendkimSocket: string;
   readonly #milters: MilterProcess[] = [];
   #postfixConf: string;
@@ -466,14 +467,31 @@ export class Chain {
         "",
       ].join("\n"),
     );
-    this.#opendkim = spawn(TOOLS.opendkim, ["-f", "-x", conf], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    this.#opendkim.stderr!.on("data", (d) => (err += d));
-    const child = this.#opendkim;
-    await waitUntil("OpenDKIM's socket", () => {
-      if (child.exitCode !== null) throw new Error(`opendkim exited: ${err}`);
-      return existsSync(this.#opendkimSocket) && connectable({ path: this.#opendkimSocket });
+    this.#opendkim = await this.startPeer(TOOLS.opendkim, ["-f", "-x", conf], { path: this.#opendkimSocket });
+  }
+
+  /**
+   * Starts another peer of the chain (a DKIM verifier) in the foreground, waits
+   * until it accepts connections at `listens`, and keeps it for stop().
+   */
+  async startPeer(
+    cmd: string,
+    args: readonly string[],
+    listens: { path: string } | { host: string; port: number },
+    timeoutMs = 20_000,
+  ): Promise<ChildProcess> {
+    const child = spawn(cmd, [...args], { stdio: ["ignore", "pipe", "pipe"] });
+    this.#peers.push(child);
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    await waitUntil(`${cmd} to listen`, () => {
+      if (child.exitCode !== null) throw new Error(`${cmd} exited (${child.exitCode}): ${out}`);
+      return ("host" in listens || existsSync(listens.path)) && connectable(listens);
+    }, timeoutMs, 100).catch((e: Error) => {
+      throw new Error(`${e.message}; its output:\n${out}`);
     });
+    return child;
   }
 
   /** Starts exota-milter (or what EXOTA_MILTER_BINARY names) and keeps it for stop(). */
@@ -565,6 +583,13 @@ export class Chain {
   /** OpenDKIM's unix socket, for another MTA of the chain. */
   get opendkimSocket(): string {
     return this.#opendkimSocket;
+  }
+
+  /** The DKIM key record (TXT) of a domain, for verifiers that take it as an override instead of DNS. */
+  dkimRecord(d: DkimDomain): string {
+    const line = readFileSync(this.#dkim.publicKeys, "utf8").split("\n").find((l) => l.startsWith(`sel._domainkey.${d} `));
+    if (line === undefined) throw new Error(`no DKIM key for ${d}`);
+    return line.slice(line.indexOf(" ") + 1);
   }
 
   port(route: string): number {
@@ -701,7 +726,7 @@ export class Chain {
     }
     // OpenDKIM (libmilter) takes ~3 s to exit on SIGTERM; bun gives after() hooks 5 s in all.
     await Promise.all([
-      stopChild(this.#opendkim, 2500),
+      ...this.#peers.map((p) => stopChild(p, 2500)),
       stopChild(this.#sink, 2000),
       ...this.#milters.map((m) => m.stop()),
     ]).catch((e) => errors.push(e));
@@ -718,7 +743,7 @@ export class Chain {
         execFileSync(TOOLS.postfix, ["-c", this.#postfixConf, "abort"], { stdio: "ignore" });
       } catch { /* already down */ }
     }
-    for (const c of [this.#opendkim, this.#sink, ...this.#milters.map((m) => m.child)]) {
+    for (const c of [...this.#peers, this.#sink, ...this.#milters.map((m) => m.child)]) {
       if (c?.pid !== undefined && c.exitCode === null) {
         try {
           process.kill(c.pid, "SIGKILL");

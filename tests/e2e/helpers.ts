@@ -33,8 +33,10 @@ export interface Accepted {
   readonly dkim?: boolean;
   readonly aligned: boolean;
   readonly forwarded?: boolean;
-  /** The domain OpenDKIM must report as dkim=pass header.d=... */
+  /** The domain the verifier must report as dkim=pass header.d=... */
   readonly signer: string;
+  /** The verifier's authserv-id; default OpenDKIM's. */
+  readonly verifier?: string;
 }
 
 /** Exactly one X-ExOTA-Authentication-Results (any letter case), ours, with these values. */
@@ -44,15 +46,16 @@ export function exotaValue(a: Accepted): string {
     `x509_client_trust=True forwarded=${py(a.forwarded ?? false)}`;
 }
 
-/** Queued (250) and delivered with exactly one X-ExOTA-Authentication-Results, ours, next to OpenDKIM's pass. */
+/** Queued (250) and delivered with exactly one X-ExOTA-Authentication-Results, ours, next to the verifier's pass. */
 export async function assertAccepted(chain: Chain, reply: SmtpReply, a: Accepted): Promise<Delivered> {
   assert.equal(reply.code, 250, `expected 250, got: ${reply.text}`);
   const d = await chain.delivered(reply.queueId);
   assert.deepEqual(d.get(EXOTA), [exotaValue(a)], `X-ExOTA-Authentication-Results as delivered:\n${d.raw}`);
   const ours = d.headers.filter(([n]) => n.toLowerCase() === EXOTA.toLowerCase());
   assert.equal(ours[0]![0], EXOTA, "header name as the original writes it");
-  const dkim = d.get("Authentication-Results").filter((v) => v.startsWith(`${OPENDKIM_AUTHSERVID};`));
-  assert.equal(dkim.length, 1, `one Authentication-Results of OpenDKIM:\n${d.raw}`);
+  const verifier = a.verifier ?? OPENDKIM_AUTHSERVID;
+  const dkim = d.get("Authentication-Results").filter((v) => v.startsWith(`${verifier};`));
+  assert.equal(dkim.length, 1, `one Authentication-Results of ${verifier}:\n${d.raw}`);
   assert.match(dkim[0]!, new RegExp(`dkim=pass [^;]*header\\.d=${escape(a.signer)}\\b`));
   return d;
 }
