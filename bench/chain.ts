@@ -43,16 +43,18 @@ const HELP = `usage: bun bench/chain.ts [options]        (as root: it starts a p
   --messages N      messages per run (default 600)
   --repeats N       runs per cell, row order reversed every other repeat; the median counts (default 3)
   --warmup N        messages through each milter row before measuring (default 1500)
-  --rows LIST       none,opendkim,unix,tcp (default all)
+  --rows LIST       none,opendkim,lean,unix,tcp (default all)
   --original CMD    also a row with the Python original (a command line; it gets the same
                     MILTER_* environment and MILTER_SOCKET=inet:PORT@127.0.0.1)
+  --env NAME=VALUE  more environment for exota-milter (repeatable), e.g. MIMALLOC_PURGE_DELAY=1000
   --json FILE       also write every figure as JSON
   --no-build        use dist/exota-milter as it is`;
 
-type RowKey = "none" | "opendkim" | "unix" | "tcp" | "original";
+type RowKey = "none" | "opendkim" | "lean" | "unix" | "tcp" | "original";
 const ROW_NAMES: Record<RowKey, string> = {
   none: "Postfix, no milter",
   opendkim: "Postfix + OpenDKIM",
+  lean: "+ C lean filter, unix",
   unix: "+ exota-milter, unix",
   tcp: "+ exota-milter, TCP",
   original: "+ Python original, TCP",
@@ -66,6 +68,7 @@ interface Args {
   rows: RowKey[];
   original: string | undefined;
   json: string | undefined;
+  env: Record<string, string>;
   build: boolean;
 }
 
@@ -80,6 +83,7 @@ function parse(): Args {
       rows: { type: "string" },
       original: { type: "string" },
       json: { type: "string" },
+      env: { type: "string", multiple: true },
       "no-build": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -88,8 +92,8 @@ function parse(): Args {
     console.log(HELP);
     process.exit(0);
   }
-  const rows = (a.rows ?? "none,opendkim,unix,tcp").split(",").map((r) => {
-    if (!["none", "opendkim", "unix", "tcp"].includes(r)) throw new Error(`--rows: ${r}`);
+  const rows = (a.rows ?? "none,opendkim,lean,unix,tcp").split(",").map((r) => {
+    if (!["none", "opendkim", "lean", "unix", "tcp"].includes(r)) throw new Error(`--rows: ${r}`);
     return r as RowKey;
   });
   if (a.original !== undefined) rows.push("original");
@@ -101,6 +105,11 @@ function parse(): Args {
     rows,
     original: a.original,
     json: a.json,
+    env: Object.fromEntries((a.env ?? []).map((kv) => {
+      const i = kv.indexOf("=");
+      if (i <= 0) throw new Error(`--env: ${kv} is not NAME=VALUE`);
+      return [kv.slice(0, i), kv.slice(i + 1)];
+    })),
     build: !(a["no-build"] ?? false),
   };
 }
@@ -210,7 +219,7 @@ async function smtpSource(port: number, conns: number, messages: number, file: s
   });
   const open = new Map<string, number>();
   const times: number[] = [];
-  for (const m of readFileSync(trace, "utf8").matchAll(/^\S+ (\d+\.\d+) (connect|close)\((\d+)/gm)) {
+  for (const m of readFileSync(trace, "utf8").matchAll(/^\S+\s+(\d+\.\d+) (connect|close)\((\d+)/gm)) {
     const t = Number(m[1]) * 1000;
     if (m[2] === "connect") open.set(m[3]!, t);
     else {
@@ -234,15 +243,17 @@ async function main(): Promise<number> {
   }
   log("setting up the chain (keys, certificates, OpenDKIM, smtp-sink)");
   const chain = await Chain.create();
-  let original: ChildProcess | undefined;
+  let original: ChildProcess | undefined, lean: ChildProcess | undefined;
   const stopAll = async () => {
-    if (original?.exitCode === null) {
-      const exited = new Promise((r) => original!.once("exit", r));
-      original.kill("SIGTERM");
-      const t = setTimeout(() => original?.kill("SIGKILL"), 5000);
+    await Promise.all([original, lean].map(async (child) => {
+      if (child === undefined || child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      // libmilter filters take seconds to exit on SIGTERM.
+      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
       await exited;
       clearTimeout(t);
-    }
+    }));
     await chain.stop();
   };
   process.once("SIGINT", () => void stopAll().finally(() => process.exit(130)));
@@ -254,13 +265,18 @@ async function main(): Promise<number> {
     const policy = writePolicy(POLICY, policyDir);
     // smtp-source speaks no TLS: the loopback client is on the x509 allow-list (the default), every other check on.
     const env = (socket: string) =>
-      exotaEnv({ MILTER_POLICY_FILE: policy, MILTER_SOCKET: socket, MILTER_SOCKET_MODE: "0666", MILTER_X509_IP_WHITELIST: "127.0.0.1,::1", LOG_LEVEL: "info" });
+      exotaEnv({ MILTER_POLICY_FILE: policy, MILTER_SOCKET: socket, MILTER_SOCKET_MODE: "0666", MILTER_X509_IP_WHITELIST: "127.0.0.1,::1", LOG_LEVEL: "info", ...args.env });
     const milters = new Map<RowKey, { child: ChildProcess }>();
     const routes: Record<string, string[]> = {};
     for (const row of args.rows) {
       if (row === "none") routes[row] = [];
       else if (row === "opendkim") routes[row] = ["opendkim"];
-      else if (row === "unix") {
+      else if (row === "lean") {
+        const sock = join(chain.dir, "lean.sock");
+        lean = await startLean(chain.dir, sock);
+        milters.set(row, { child: lean });
+        routes[row] = ["opendkim", `unix:${sock}`];
+      } else if (row === "unix") {
         const sock = join(chain.dir, "exota.sock");
         milters.set(row, await chain.startMilter(env(`unix:${sock}`)));
         routes[row] = ["opendkim", `unix:${sock}`];
@@ -284,7 +300,7 @@ async function main(): Promise<number> {
     const delivers = (row: RowKey, raw: string): boolean => {
       if (row === "none") return true;
       const dkim = new RegExp(`^Authentication-Results: ${OPENDKIM_AUTHSERVID.replaceAll(".", "\\.")};\\s+dkim=pass`, "m").test(raw);
-      if (row === "opendkim") return dkim;
+      if (row === "opendkim" || row === "lean") return dkim;
       return dkim && new RegExp(`^${EXOTA}: [^\\n]*\\n\\s+auth=pass 5322_from_domain=tenant\\.example dkim=True dkim_aligned=True`, "m").test(raw);
     };
 
@@ -378,7 +394,7 @@ async function main(): Promise<number> {
       for (const row of args.rows) {
         const c = cell(row, conns);
         const vs = base === undefined || row === "none" || row === "opendkim" ? "" : `${pct((c.rate / base.rate - 1) * 100)}, p50 ${c.p50 - base.p50 >= 0 ? "+" : ""}${f1(c.p50 - base.p50)} ms`;
-        out.push(`| ${ROW_NAMES[row]} | ${conns} | ${f1(c.rate)} (${c.rates.map((r) => r.toFixed(0)).join(", ")}) | ${vs} | ${f1(c.p50)} | ${f1(c.p99)} | ${f2(c.postfix)} | ${row === "none" ? "-" : f2(c.opendkim)} | ${row === "unix" || row === "tcp" || row === "original" ? f2(c.milter) : "-"} |`);
+        out.push(`| ${ROW_NAMES[row]} | ${conns} | ${f1(c.rate)} (${c.rates.map((r) => r.toFixed(0)).join(", ")}) | ${vs} | ${f1(c.p50)} | ${f1(c.p99)} | ${f2(c.postfix)} | ${row === "none" ? "-" : f2(c.opendkim)} | ${milters.has(row) ? f2(c.milter) : "-"} |`);
       }
     }
     out.push("");
@@ -426,12 +442,28 @@ function opendkimVersion(): string {
   return /OpenDKIM Filter v(\S+)/.exec(r.stdout.toString())?.[0]?.replace("Filter v", "") ?? "OpenDKIM";
 }
 
+/** bench/reference/lean-filter.c (the C bar of bench:cbar), built and started on a unix socket Postfix can write to. */
+async function startLean(dir: string, sock: string): Promise<ChildProcess> {
+  const bin = join(dir, "lean-filter");
+  const b = Bun.spawnSync(["gcc", "-O2", "-Wall", "-o", bin, join(ROOT, "bench/reference/lean-filter.c"), "-lmilter", "-lpthread"], { stdout: "pipe", stderr: "pipe" });
+  if (b.exitCode !== 0) throw new Error(`building the C lean filter failed (sudo ./scripts/bench-deps.sh):\n${b.stderr}`);
+  // libmilter makes its socket with the umask: Postfix connects as user postfix.
+  const child = spawn("/bin/sh", ["-c", 'umask 000 && exec "$0" -p "$1"', bin, `unix:${sock}`], { stdio: "ignore" });
+  const until = performance.now() + 30_000;
+  while (!(await connectable({ path: sock }))) {
+    if (child.exitCode !== null) throw new Error(`the C lean filter exited (${child.exitCode})`);
+    if (performance.now() > until) throw new Error(`the C lean filter does not listen on ${sock} after 30 s`);
+    await Bun.sleep(50);
+  }
+  return child;
+}
+
 /** The Python original (or any milter command) on a TCP port; ready once the port accepts. */
 async function startOriginal(cmd: string, env: Record<string, string>, port: number): Promise<ChildProcess> {
   const parts = cmd.split(/\s+/).filter((p) => p !== "");
   const child = spawn(parts[0]!, parts.slice(1), { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env }, stdio: "ignore" });
   const until = performance.now() + 30_000;
-  while (!(await connectable(port))) {
+  while (!(await connectable({ host: "127.0.0.1", port }))) {
     if (child.exitCode !== null) throw new Error(`${cmd} exited (${child.exitCode})`);
     if (performance.now() > until) throw new Error(`${cmd}: nothing listens on 127.0.0.1:${port} after 30 s`);
     await Bun.sleep(50);
@@ -439,9 +471,9 @@ async function startOriginal(cmd: string, env: Record<string, string>, port: num
   return child;
 }
 
-function connectable(port: number): Promise<boolean> {
+function connectable(target: { host: string; port: number } | { path: string }): Promise<boolean> {
   return new Promise((res) => {
-    const s = connect({ host: "127.0.0.1", port });
+    const s = connect(target);
     s.once("connect", () => {
       s.destroy();
       res(true);
