@@ -14,7 +14,8 @@ top=$(dirname "$here")
 binary=${1:-$top/dist/exota-milter}
 dest=${DESTDIR:-}
 
-[ -x "$binary" ] || { echo "install.sh: $binary not found; run npm run build first" >&2; exit 1; }
+# A downloaded release executable is not executable yet: install sets the mode.
+[ -f "$binary" ] || { echo "install.sh: $binary not found; run npm run build first" >&2; exit 1; }
 
 install -d "$dest/usr/local/bin" "$dest/etc/systemd/system" "$dest/etc/exota-milter" "$dest/usr/local/share/doc/exota-milter" \
   "$dest/usr/local/share/man/man8"
@@ -24,7 +25,7 @@ install -m 0644 "$top/README.md" "$dest/usr/local/share/doc/exota-milter/README.
 # The man page of exactly this binary; a binary for another CPU (packaging
 # into DESTDIR) cannot run here, so then the build's page beside it.
 man=$dest/usr/local/share/man/man8/exota-milter.8
-if "$binary" --man >"$man" 2>/dev/null || install -m 0644 "$(dirname "$binary")/exota-milter.8" "$man" 2>/dev/null; then
+if "$dest/usr/local/bin/exota-milter" --man >"$man" 2>/dev/null || install -m 0644 "$(dirname "$binary")/exota-milter.8" "$man" 2>/dev/null; then
   chmod 0644 "$man"
 else
   rm -f "$man"

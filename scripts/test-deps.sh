@@ -13,6 +13,8 @@
 #   m4           builds the e2e Sendmail's sendmail.cf; Sendmail itself is only unpacked
 #                (installing sendmail-bin would remove Postfix): scripts/sendmail-unpacked.sh
 #   man-db, groff-base, mandoc   render and lint the man page (man -l, groff -ww, mandoc -T lint)
+#   qemu-user, libc6-arm64-cross, libstdc++6-arm64-cross   run the arm64 release executable here
+#   lintian, adduser   check the Debian packages; install one (its postinst calls adduser)
 # Run as root (or with sudo) on Debian 12.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
@@ -33,5 +35,6 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 "$(dirname "$0")/apt-install.sh" test-deps.sh \
   miltertest python3 slapd ldap-utils systemd procps postfix opendkim swaks libnet-ssleay-perl python3-dkim openssl m4 \
-  man-db groff-base mandoc dkimpy-milter rspamd
+  man-db groff-base mandoc dkimpy-milter rspamd \
+  qemu-user libc6-arm64-cross libstdc++6-arm64-cross lintian adduser
 "$(dirname "$0")/sendmail-unpacked.sh"

@@ -165,15 +165,17 @@ describe("install.sh and uninstall.sh with DESTDIR", () => {
     assert.equal(sh(join(PACKAGING, "uninstall.sh"), [], { DESTDIR: dest }).code, 0);
   });
 
-  it("a binary that cannot run here (another CPU): install.sh takes the man page beside it, or says there is none", T, () => {
+  it("a binary that cannot run here (another CPU), not executable yet: installed 0755, the man page beside it, or none", T, () => {
     const dir = scratchDir();
     const foreign = join(dir, "exota-milter");
-    writeFileSync(foreign, "#!/bin/sh\nexit 126\n", { mode: 0o755 });
+    // Not executable, as a download is: installed 0755 all the same.
+    writeFileSync(foreign, "#!/bin/sh\nexit 126\n", { mode: 0o644 });
     const root = join(dir, "root");
     let r = sh(join(PACKAGING, "install.sh"), [foreign], { DESTDIR: root });
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, /\ninstall.sh: no man page: .* --man did not run here and there is no exota-milter.8 beside it\n/);
     assert.equal(existsSync(join(root, "usr/local/share/man/man8/exota-milter.8")), false);
+    assert.equal(mode(join(root, "usr/local/bin/exota-milter")), "755");
     writeFileSync(join(dir, "exota-milter.8"), ".TH EXOTA-MILTER 8\n");
     r = sh(join(PACKAGING, "install.sh"), [foreign], { DESTDIR: root });
     assert.equal(r.code, 0, r.out);
