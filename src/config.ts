@@ -6,10 +6,10 @@
  * @module
  */
 import * as v from "valibot";
-import { type IpRange, parseIp, parseRange } from "./policy/ip-allowlist.ts";
+import { hostBitsSet, type IpRange, parseIp, parseRange } from "./policy/ip-allowlist.ts";
 import type { LdapConfig } from "./policy/ldap-backend.ts";
 import type { FilterConfig } from "./filter.ts";
-import { parseSocketSpec, type SocketSpec } from "./server/socket-spec.ts";
+import { formatSocketSpec, parseSocketSpec, type SocketSpec } from "./server/socket-spec.ts";
 
 const TRUE_WORDS = ["true", "yes", "on", "1"];
 const FALSE_WORDS = ["false", "no", "off", "0"];
@@ -73,6 +73,12 @@ const addressList = v.pipe(
       const r = parseRange(item);
       if (r === undefined) {
         addIssue({ message: `"${item}" is no address or range` });
+        return NEVER;
+      }
+      // 10.1.2.3/8 is a typo for a host or for 10.0.0.0/8: which one, only the operator knows.
+      const canonical = hostBitsSet(r);
+      if (canonical !== undefined) {
+        addIssue({ message: `"${item}" has host bits set: did you mean ${canonical}?` });
         return NEVER;
       }
       ranges.push(r);
@@ -173,6 +179,12 @@ export const SETTINGS = {
     v.picklist(["file", "ldap"]),
   ),
   policyFile: text("MILTER_POLICY_FILE", "policy-file", "/data/policy.json", "JSON policy file"),
+  policyMaxSize: count(
+    "MILTER_POLICY_MAX_SIZE",
+    "policy-max-size",
+    "64",
+    "largest policy file in MiB (a million domains take ~146 MiB); a larger one, or one that is not a regular file, is refused",
+  ),
   x509Enabled: bool("MILTER_X509_ENABLED", "x509-enabled", "require the trusted client certificate CN"),
   x509TrustedCn: text(
     "MILTER_X509_TRUSTED_CN",
@@ -367,8 +379,66 @@ export interface EffectiveSetting {
 
 const SECRET_SETTINGS = new Set(["MILTER_LDAP_BINDPW"]);
 
+/**
+ * Longest reject or tempfail message: the reply line
+ * `550 5.7.1 queue_id: Q - MESSAGE - reason: R` plus CRLF must fit in 512
+ * octets with a queue id of 20 characters and the longest reason the
+ * decision writes, "No policy for 5322.from_domain " and a 253-character
+ * domain: 512 - 2 - 20 - 20 - 3 - 11 - 284.
+ */
+export const MAX_REPLY_MESSAGE_OCTETS = 172;
+
+/** Levenshtein distance, for "did you mean" on a mistyped variable. */
+function distance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next.push(Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    }
+    row = next;
+  }
+  return row[b.length]!;
+}
+
+/** What is legal but probably a mistake or a risk: said at start-up and by `check`. */
+function configWarnings(
+  c: Values,
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  uid: number | undefined,
+): string[] {
+  const out: string[] = [];
+  if (uid === 0) out.push("running as root: run exota-milter as a user of its own (the systemd unit does)");
+  const known = Object.values(SETTINGS).map((s) => s.env);
+  for (const name of Object.keys(env).filter((n) => n.startsWith("MILTER_") && !known.includes(n)).sort()) {
+    const closest = known.reduce((a, b) => (distance(name, b) < distance(name, a) ? b : a));
+    out.push(`${name} is not a setting and is ignored; did you mean ${closest}?`);
+  }
+  if (c.socket.kind === "tcp" && (c.socket.host === "0.0.0.0" || c.socket.host === "::")) {
+    out.push(
+      `MILTER_SOCKET ${formatSocketSpec(c.socket)} listens on every interface: whoever reaches the port can ask for verdicts ` +
+        "and learn the policy; listen on 127.0.0.1 or a unix socket, or firewall the port",
+    );
+  }
+  for (const r of c.x509IpWhitelist) {
+    if (r.bits <= (r.text.includes(".") && !r.text.includes(":") ? 96 : 0)) {
+      out.push(`MILTER_X509_IP_WHITELIST contains ${r.text}: every client skips the certificate check`);
+    }
+  }
+  if (argv.some((a) => a === "--ldap-bindpw" || a.startsWith("--ldap-bindpw="))) {
+    out.push(
+      "--ldap-bindpw puts the LDAP password in the process list, where every local user can read it; " +
+        "use MILTER_LDAP_BINDPW_FILE (--ldap-bindpw-file) or the MILTER_LDAP_BINDPW environment variable",
+    );
+  }
+  return out;
+}
+
 export interface Config {
   readonly settings: readonly EffectiveSetting[];
+  /** Settings that work but are probably a mistake or a risk, one sentence each. */
+  readonly warnings: readonly string[];
   readonly name: string;
   readonly socket: SocketSpec;
   readonly socketMode: number;
@@ -376,6 +446,7 @@ export interface Config {
   readonly logFormat: LogFormat;
   readonly policySource: "file" | "ldap";
   readonly policyFile: string;
+  readonly policyMaxBytes: number;
   /** Set when the policy source is ldap; the password may still be in a file. */
   readonly ldap:
     | (Omit<LdapConfig, "bindPassword"> & { readonly bindPassword: string; readonly bindPasswordFile: string })
@@ -450,7 +521,12 @@ function parseFlags(argv: readonly string[], valueFlags: ReadonlySet<string>): F
 }
 
 /** Reads flags (`--dkim-enabled=yes`) and the environment into a config. */
-export function loadConfig(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): ConfigResult {
+/** `uid`: the user the process runs as (root is warned about). */
+export function loadConfig(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  uid?: number,
+): ConfigResult {
   const parsed = parseFlags(argv, new Set([...EXPLAIN_FLAGS, ...Object.values(SETTINGS).map((s) => s.flag)]));
   if (typeof parsed === "string") return { ok: false, error: `${parsed} (see --help)` };
   if (parsed.help) return { ok: true, command: "help" };
@@ -497,6 +573,16 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   if (c.addHeader && c.authservId === undefined) {
     return { ok: false, error: "MILTER_AUTHSERVID (--authservid) is required when MILTER_ADD_HEADER is true" };
   }
+  for (const key of ["rejectMessage", "tmpfailMessage"] as const) {
+    const octets = new TextEncoder().encode(c[key]).length;
+    if (octets > MAX_REPLY_MESSAGE_OCTETS) {
+      return {
+        ok: false,
+        error: `${SETTINGS[key].env} is ${octets} octets: with a queue id and the longest reason (a 253-character domain) ` +
+          `the SMTP reply line would pass the 512 octets an MTA accepts (RFC 5321 4.5.3.1.5); at most ${MAX_REPLY_MESSAGE_OCTETS}`,
+      };
+    }
+  }
   let ldap: Config["ldap"];
   if (c.policySource === "ldap") {
     for (const key of ["ldapUris", "ldapSearchBase", "ldapQuery"] as const) {
@@ -531,6 +617,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
   }
   const config: Config = {
     settings: effective,
+    warnings: configWarnings(c, argv, env, uid),
     name: c.name,
     socket: c.socket,
     socketMode: c.socketMode,
@@ -538,6 +625,7 @@ export function loadConfig(argv: readonly string[], env: Readonly<Record<string,
     logFormat: c.logFormat === "auto" ? (env.JOURNAL_STREAM ? "journal" : "text") : c.logFormat,
     policySource: c.policySource,
     policyFile: c.policyFile,
+    policyMaxBytes: c.policyMaxSize * 1048576,
     ldap,
     maxFrame: c.maxFrame,
     maxConnections: c.maxConnections,

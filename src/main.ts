@@ -31,7 +31,7 @@ function fail(message: string): never {
 
 const print = (line: string) => void process.stdout.write(line + "\n");
 
-const r = loadConfig(process.argv.slice(2), process.env);
+const r = loadConfig(process.argv.slice(2), process.env, process.getuid?.());
 if (!r.ok) fail(r.error);
 switch (r.command) {
   case "help":
@@ -47,6 +47,7 @@ switch (r.command) {
   }
   case "run":
     setupLogging(r.config.name, r.config.logLevel, r.config.logFormat);
+    for (const w of r.config.warnings) logger().warn(w);
     await runDaemon(r.config, VERSION, fail);
     break;
   case "check":

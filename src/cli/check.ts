@@ -14,6 +14,7 @@ const PROBE_DOMAIN = "exota-milter-check.invalid";
 export async function check(config: Config, policy: PolicyProvider, print: (line: string) => void): Promise<number> {
   print("settings in force:");
   for (const s of config.settings) print(`  ${s.env}=${s.value}  (${s.source})`);
+  for (const w of config.warnings) print(`warning: ${w}`);
   print(`policy: ${policy.description}`);
   const entries = policy.entries();
   if (entries !== undefined) {

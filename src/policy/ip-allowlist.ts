@@ -112,3 +112,34 @@ export function allowListed(address: string | undefined, list: readonly IpRange[
   const ip = parseIp(address);
   return ip === undefined ? undefined : list.find((r) => inRange(ip, r));
 }
+
+/** An address in its usual text form: dotted IPv4, or IPv6 with the longest zero run as `::` (RFC 5952). */
+function formatIp(ip: Uint8Array, v4: boolean): string {
+  if (v4) return Array.from(ip.subarray(12)).join(".");
+  const groups = Array.from({ length: 8 }, (_, i) => (ip[2 * i]! << 8) | ip[2 * i + 1]!);
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) [best, bestLen] = [i, j - i];
+    i = j === i ? i + 1 : j;
+  }
+  const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(":");
+  return best < 0 ? hex(groups) : `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
+}
+
+/**
+ * For a range written with host bits set (`10.1.2.3/8`), the range it
+ * stands for (`10.0.0.0/8`); undefined when it is written canonically.
+ */
+export function hostBitsSet(r: IpRange): string | undefined {
+  const masked = r.base.slice();
+  for (let i = 0; i < 16; i++) {
+    const keep = Math.max(0, Math.min(8, r.bits - 8 * i));
+    masked[i]! &= (0xff << (8 - keep)) & 0xff;
+  }
+  if (masked.every((b, i) => b === r.base[i])) return undefined;
+  const v4 = r.text.includes(".") && !r.text.includes(":");
+  return `${formatIp(masked, v4)}/${v4 ? r.bits - 96 : r.bits}`;
+}

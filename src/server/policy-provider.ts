@@ -27,8 +27,30 @@ export interface PolicyProvider {
   readonly description: string;
 }
 
+/**
+ * Why a path cannot be read as a policy: not a regular file (/dev/zero
+ * would be read forever), or larger than `maxBytes`; undefined when fine.
+ * A missing file is left to the read, which says so.
+ */
+function notAPolicyFile(path: string, maxBytes: number): string | undefined {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    return undefined;
+  }
+  if (!st.isFile()) return `policy file ${path} is not a regular file`;
+  if (st.size > maxBytes) {
+    const mib = (n: number) => (n / 1048576).toFixed(n % 1048576 === 0 ? 0 : 1);
+    return `policy file ${path} is ${mib(st.size)} MiB, more than MILTER_POLICY_MAX_SIZE (${mib(maxBytes)} MiB)`;
+  }
+  return undefined;
+}
+
 /** Reads and validates a policy file; never throws. */
-export function readPolicyFile(path: string): { ok: true; policies: PolicyMap } | { ok: false; error: string } {
+export function readPolicyFile(path: string, maxBytes: number): { ok: true; policies: PolicyMap } | { ok: false; error: string } {
+  const problem = notAPolicyFile(path, maxBytes);
+  if (problem !== undefined) return { ok: false, error: problem };
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(path);
@@ -46,7 +68,9 @@ const RELOAD_SLICE_MS = 8;
  * the event loop and parsed in slices of ~8 ms (a million domains: ~1 s in
  * all, no pause of a session longer than a slice).
  */
-async function readPolicyFileSliced(path: string): Promise<{ ok: true; policies: PolicyMap } | { ok: false; error: string }> {
+async function readPolicyFileSliced(path: string, maxBytes: number): Promise<{ ok: true; policies: PolicyMap } | { ok: false; error: string }> {
+  const problem = notAPolicyFile(path, maxBytes);
+  if (problem !== undefined) return { ok: false, error: problem };
   let sliceStart = performance.now();
   const pause = () => performance.now() - sliceStart > RELOAD_SLICE_MS;
   const yieldNow = () =>
@@ -99,6 +123,8 @@ export class FilePolicyProvider implements PolicyProvider {
   #lookup: PolicyLookup;
   #watcher: FSWatcher | undefined;
   #debounce: ReturnType<typeof setTimeout> | undefined;
+  /** When the first event of the changes waiting for a reload came. */
+  #firstEvent = 0;
   #stamp: string;
   readonly description: string;
 
@@ -109,6 +135,7 @@ export class FilePolicyProvider implements PolicyProvider {
     readonly log: Logger,
     readonly onReload: (r: ReloadResult) => void,
     readonly warnDkimOff: boolean,
+    readonly maxBytes: number,
   ) {
     this.#policies = policies;
     this.#lookup = mapLookup(policies);
@@ -121,10 +148,16 @@ export class FilePolicyProvider implements PolicyProvider {
    * also one warning per policy with `dkim_enabled: false`, here and on
    * reload (the first {@link DKIM_OFF_LOG_LINES}, then how many more).
    */
-  static load(path: string, log: Logger, onReload: (r: ReloadResult) => void = () => {}, warnDkimOff = false): FilePolicyProvider | string {
-    const r = readPolicyFile(path);
+  static load(
+    path: string,
+    maxBytes: number,
+    log: Logger,
+    onReload: (r: ReloadResult) => void = () => {},
+    warnDkimOff = false,
+  ): FilePolicyProvider | string {
+    const r = readPolicyFile(path, maxBytes);
     if (!r.ok) return r.error;
-    const p = new FilePolicyProvider(path, r.policies, log, onReload, warnDkimOff);
+    const p = new FilePolicyProvider(path, r.policies, log, onReload, warnDkimOff, maxBytes);
     log.info("policy loaded from {file}: {domains} domain(s)", { file: path, domains: p.entries() });
     p.#logDkimOff();
     return p;
@@ -177,7 +210,7 @@ export class FilePolicyProvider implements PolicyProvider {
 
   async #reloadOnce(): Promise<ReloadResult> {
     this.#stamp = stamp(this.path);
-    const r = await readPolicyFileSliced(this.path);
+    const r = await readPolicyFileSliced(this.path, this.maxBytes);
     let result: ReloadResult;
     if (r.ok) {
       this.#policies = r.policies;
@@ -198,20 +231,24 @@ export class FilePolicyProvider implements PolicyProvider {
    * config management's atomic replace (write elsewhere, rename over) is seen,
    * and so is a Kubernetes ConfigMap's swap of its `..data` symlink (events
    * name `..data`, `..data_tmp`, never the file); events are debounced and a
-   * reload happens only when the file really changed.
+   * reload happens only when the file really changed. A stream of changes
+   * that never pauses for `debounceMs` still reloads `maxWaitMs` after its
+   * first event.
    */
-  watch(debounceMs = 300): void {
+  watch(debounceMs = 300, maxWaitMs = 3000): void {
     // node:path would cost ~2 ms of start-up for these two.
     const slash = this.path.lastIndexOf("/");
     const name = this.path.slice(slash + 1);
     const dir = slash < 0 ? "." : slash === 0 ? "/" : this.path.slice(0, slash);
     this.#watcher = watch(dir, (_event, file) => {
       if (file !== null && file !== name && !file.startsWith("..")) return;
+      const now = performance.now();
       if (this.#debounce !== undefined) clearTimeout(this.#debounce);
+      else this.#firstEvent = now;
       this.#debounce = setTimeout(() => {
         this.#debounce = undefined;
         if (stamp(this.path) !== this.#stamp) this.reload();
-      }, debounceMs);
+      }, Math.max(0, Math.min(debounceMs, this.#firstEvent + maxWaitMs - now)));
     });
     this.#watcher.on("error", (e) => this.log.warn("cannot watch {file}: {error}", { file: this.path, error: e.message }));
     // A change before the watch began is not missed.
@@ -287,7 +324,9 @@ export async function openPolicy(
   onReload: (r: ReloadResult) => void = () => {},
   logWarnings = false,
 ): Promise<PolicyProvider | string> {
-  if (config.ldap === undefined) return FilePolicyProvider.load(config.policyFile, log, onReload, logWarnings && !config.filter.tenantIdRequired);
+  if (config.ldap === undefined) {
+    return FilePolicyProvider.load(config.policyFile, config.policyMaxBytes, log, onReload, logWarnings && !config.filter.tenantIdRequired);
+  }
   const password = ldapPassword(config.ldap);
   if (!password.ok) return password.error;
   // Loaded only for LDAP: the client pulls in node:tls, node:crypto and more

@@ -4,7 +4,7 @@
  * graceful stop, log formats and the Prometheus metrics.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -174,6 +174,22 @@ describe("policy reload", () => {
     assert.deepEqual(warnings(mark2), Array.from({ length: 100 }, (_, i) => ["warning", `open${i}.example`]));
     const strict = await start({ MILTER_POLICY_FILE: path, MILTER_TENANT_ID_REQUIRED: "true", LOG_FORMAT: "json" });
     assert.doesNotMatch(strict.proc.log(), /dkim_enabled false/);
+  });
+
+  it("a file replaced every 100 ms without pause still reloads within 3 s (the debounce has a maximum wait)", { timeout: 30_000 }, async () => {
+    const path = policyFile(POLICY_OLD);
+    const m = await start({ MILTER_POLICY_FILE: path, LOG_FORMAT: "text" });
+    // The watch begins 200 ms after start-up.
+    await sleep(400);
+    const mark = m.proc.log().length;
+    const t0 = performance.now();
+    let reloadedAt: number | undefined;
+    for (let i = 0; performance.now() - t0 < 6000 && reloadedAt === undefined; i++) {
+      replaceAtomically(path, JSON.stringify(i % 2 === 0 ? POLICY_NEW : POLICY_OLD));
+      await sleep(100);
+      if (/policy reloaded from/.test(m.proc.log().slice(mark))) reloadedAt = performance.now() - t0;
+    }
+    assert.ok(reloadedAt !== undefined && reloadedAt < 4500, `reloaded after ${reloadedAt} ms of constant replacements`);
   });
 
   it("SIGHUP reloads (the file alone does not with MILTER_POLICY_WATCH=false); an invalid or missing file is refused, the old policy stays", async () => {
@@ -439,6 +455,21 @@ describe("check", () => {
     const r = await runMilter(["check"], { MILTER_POLICY_FILE: path });
     assert.equal(r.code, 1);
     assert.match(r.output, new RegExp(`^exota-milter: policy: ${path.replace(/[.\\]/g, "\\$&")}:\\d+:\\d+: `));
+  });
+
+  it("a policy that is not a regular file (/dev/zero), or larger than MILTER_POLICY_MAX_SIZE: exit 1 at once, saying why", async () => {
+    const zero = await runMilter(["check"], { MILTER_POLICY_FILE: "/dev/zero" });
+    assert.equal(zero.code, 1, zero.output);
+    assert.match(zero.output, /exota-milter: policy: policy file \/dev\/zero is not a regular file\n/);
+    const big = join(scratchDir(), "big.json");
+    writeFileSync(big, "");
+    truncateSync(big, 65 * 1048576);
+    const r = await runMilter(["check"], { MILTER_POLICY_FILE: big });
+    assert.equal(r.code, 1, r.output);
+    assert.match(r.output, /policy file \S+big\.json is 65 MiB, more than MILTER_POLICY_MAX_SIZE \(64 MiB\)\n/);
+    const run = await runMilter([], { MILTER_POLICY_FILE: big, MILTER_POLICY_MAX_SIZE: "2" });
+    assert.equal(run.code, 1, run.output);
+    assert.match(run.output, /is 65 MiB, more than MILTER_POLICY_MAX_SIZE \(2 MiB\)/);
   });
 
   it("a missing policy file: exit 1", async () => {

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { COMMANDS, type Config, helpText, loadConfig, OTHER_OPTIONS, SETTINGS } from "../../src/config.ts";
+import { COMMANDS, type Config, helpText, loadConfig, MAX_REPLY_MESSAGE_OCTETS, OTHER_OPTIONS, SETTINGS } from "../../src/config.ts";
 import { formatSocketSpec, parseSocketSpec } from "../../src/server/socket-spec.ts";
 
 type Env = Record<string, string | undefined>;
@@ -167,8 +167,12 @@ describe("environment names", () => {
     assert.equal(error([], { LOG_LEVEL: "verbose" }), 'LOG_LEVEL="verbose" is not valid: expected debug, info, warning or error');
   });
 
-  it("unrelated environment variables are ignored", () => {
-    assert.deepEqual(config([], { PATH: "/bin", MILTER_UNKNOWN: "x" }), config());
+  it("unrelated environment variables are ignored (an unknown MILTER_ one with a warning)", () => {
+    const { warnings, ...rest } = config([], { PATH: "/bin", MILTER_UNKNOWN: "x" });
+    const { warnings: none, ...plain } = config();
+    assert.deepEqual(rest, plain);
+    assert.deepEqual(none, []);
+    assert.equal(warnings.length, 1);
   });
 });
 
@@ -436,6 +440,70 @@ describe("x509 allow-list", () => {
       );
     });
   }
+});
+
+describe("refused or warned, never silently accepted", () => {
+  it("a CIDR range with host bits set is refused with the range it stands for", () => {
+    for (const [bad, meant] of [["10.1.2.3/8", "10.0.0.0/8"], ["192.0.2.77/24", "192.0.2.0/24"], ["2001:db8::1/32", "2001:db8::/32"], ["fe80::1:0:0:1/64", "fe80::/64"]]) {
+      assert.equal(
+        error([], { MILTER_X509_IP_WHITELIST: bad }),
+        `MILTER_X509_IP_WHITELIST=${JSON.stringify(bad)} is not valid ("${bad}" has host bits set: did you mean ${meant}?): ` +
+          "expected IPv4/IPv6 addresses or CIDR ranges, separated by commas or spaces",
+      );
+    }
+    assert.deepEqual(config([], { MILTER_X509_IP_WHITELIST: "10.0.0.0/8 192.0.2.77/32 2001:db8::/32" }).warnings, []);
+  });
+
+  it("0.0.0.0/0 or ::/0 in the allow-list warns", () => {
+    assert.deepEqual(config([], { MILTER_X509_IP_WHITELIST: "127.0.0.1, 0.0.0.0/0, ::/0" }).warnings, [
+      "MILTER_X509_IP_WHITELIST contains 0.0.0.0/0: every client skips the certificate check",
+      "MILTER_X509_IP_WHITELIST contains ::/0: every client skips the certificate check",
+    ]);
+  });
+
+  it("a socket on every interface warns; loopback, a named host and unix do not", () => {
+    const wild = "listens on every interface: whoever reaches the port can ask for verdicts and learn the policy; " +
+      "listen on 127.0.0.1 or a unix socket, or firewall the port";
+    assert.deepEqual(config([], { MILTER_SOCKET: "inet:4604" }).warnings, [`MILTER_SOCKET inet:4604@0.0.0.0 ${wild}`]);
+    assert.deepEqual(config([], { MILTER_SOCKET: "inet6:4604@[::]" }).warnings, [`MILTER_SOCKET inet6:4604@:: ${wild}`]);
+    for (const ok of ["inet:4604@127.0.0.1", "inet6:4604@::1", "inet:4604@relay.example", "unix:/run/m.sock"]) {
+      assert.deepEqual(config([], { MILTER_SOCKET: ok }).warnings, [], ok);
+    }
+  });
+
+  it("root warns; --ldap-bindpw on the command line warns and points to the file and the environment", () => {
+    const r = loadConfig(["--ldap-bindpw=s3cret"], {}, 0);
+    assert.ok(r.ok && r.command === "run");
+    assert.deepEqual(r.config.warnings, [
+      "running as root: run exota-milter as a user of its own (the systemd unit does)",
+      "--ldap-bindpw puts the LDAP password in the process list, where every local user can read it; " +
+      "use MILTER_LDAP_BINDPW_FILE (--ldap-bindpw-file) or the MILTER_LDAP_BINDPW environment variable",
+    ]);
+    const quiet = loadConfig(["--ldap-bindpw-file=/etc/pw"], { MILTER_LDAP_BINDPW: "" }, 1000);
+    assert.ok(quiet.ok && quiet.command === "run");
+    assert.deepEqual(quiet.config.warnings, []);
+  });
+
+  it("an unknown MILTER_ variable warns with the closest known name", () => {
+    assert.deepEqual(config([], { MILTER_DKIM_ENABLE: "true", MILTER_SOCKETT: "x", MILTERISH: "x", OTHER: "x" }).warnings, [
+      "MILTER_DKIM_ENABLE is not a setting and is ignored; did you mean MILTER_DKIM_ENABLED?",
+      "MILTER_SOCKETT is not a setting and is ignored; did you mean MILTER_SOCKET?",
+    ]);
+  });
+
+  it("a reject or tempfail message that would make the SMTP reply line longer than 512 octets is refused", () => {
+    const ok = "x".repeat(MAX_REPLY_MESSAGE_OCTETS);
+    assert.equal(config([], { MILTER_REJECT_MESSAGE: ok, MILTER_TMPFAIL_MESSAGE: ok }).filter.rejectMessage, ok);
+    // The longest reply: 20-character queue id, the longest reason; CRLF ends it.
+    const line = `550 5.7.1 queue_id: ${"Q".repeat(20)} - ${ok} - reason: No policy for 5322.from_domain ${"d".repeat(253)}\r\n`;
+    assert.equal(line.length, 512);
+    assert.equal(
+      error([], { MILTER_REJECT_MESSAGE: `${ok}é` }),
+      `MILTER_REJECT_MESSAGE is ${MAX_REPLY_MESSAGE_OCTETS + 2} octets: with a queue id and the longest reason (a 253-character domain) ` +
+        `the SMTP reply line would pass the 512 octets an MTA accepts (RFC 5321 4.5.3.1.5); at most ${MAX_REPLY_MESSAGE_OCTETS}`,
+    );
+    assert.match(error(["--tmpfail-message", "y".repeat(400)]), /^MILTER_TMPFAIL_MESSAGE is 400 octets/);
+  });
 });
 
 describe("operations settings", () => {
