@@ -47,7 +47,6 @@ switch (r.command) {
   }
   case "run":
     setupLogging(r.config.name, r.config.logLevel, r.config.logFormat);
-    for (const w of r.config.warnings) logger().warn(w);
     await runDaemon(r.config, VERSION, fail);
     break;
   case "check":

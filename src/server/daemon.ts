@@ -167,6 +167,8 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   process.on("SIGPIPE", () => {});
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Once start-up has worked: a start-up error stays the first line of the output.
+  for (const w of config.warnings) log.warn(w);
   // Announce readiness only once the signal handlers are in place: a signal
   // sent on the "listening" line must not hit the default action (exit).
   log.info("{name} {version} listening on {sockets}", {

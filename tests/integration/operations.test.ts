@@ -384,6 +384,20 @@ describe("policy reload", () => {
 // ---------------------------------------------------------------- check
 
 describe("check", () => {
+  it("warnings: a mistyped variable is named with the closest setting, by check (exit 0) and in the log at start", async () => {
+    const env = { MILTER_POLICY_FILE: policyFile(), MILTER_DKIM_ENABLE: "true" };
+    const r = await runMilter(["check"], env);
+    assert.equal(r.code, 0, r.output);
+    assert.ok(r.output.split("\n").includes("warning: MILTER_DKIM_ENABLE is not a setting and is ignored; did you mean MILTER_DKIM_ENABLED?"), r.output);
+    const port = await freePort();
+    const p = await startMilter({ env: { ...env, MILTER_SOCKET: `inet:${port}@127.0.0.1` } });
+    try {
+      assert.match(p.log(), /WARNING exota-milter: MILTER_DKIM_ENABLE is not a setting and is ignored; did you mean MILTER_DKIM_ENABLED\?\n.* listening on /);
+    } finally {
+      await p.stop();
+    }
+  });
+
   it("a valid file: exit 0, every setting with its source, the policy summary; secrets masked", async () => {
     const path = policyFile();
     const r = await runMilter(["check", "--add-header=yes", "--authservid=relay.example", "--ldap-binddn=cn=milter,dc=example"], {
@@ -954,7 +968,8 @@ describe("log formats", () => {
     assert.equal(no.verdict, "reject");
     assert.equal(no.reason, "No policy for 5322.from_domain unknown.example");
     // The policy's dkim_enabled false entry (tenant ids not required), then the misplaced result of LOG1.
-    const warning = records.filter((r) => r.level === "warning");
+    // The tests may run as root, which start-up rightly warns about.
+    const warning = records.filter((r) => r.level === "warning" && !String(r.message).startsWith("running as root"));
     assert.deepEqual(warning.map((r) => r.domain ?? r.qid), ["no-dkim.example", "LOG1"]);
   });
 
