@@ -854,7 +854,8 @@ describe("stopping", () => {
     }
   });
 
-  it("a signal sent as soon as the ready line appears is handled, not fatal", async () => {
+  // Ten starts: several seconds on a loaded machine, past the runner's default of 5.
+  it("a signal sent as soon as the ready line appears is handled, not fatal", { timeout: 30_000 }, async () => {
     for (let i = 0; i < 5; i++) {
       const hup = await tcp();
       hup.proc.child.kill("SIGHUP");
