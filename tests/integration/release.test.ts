@@ -13,7 +13,7 @@ import { closeSync, existsSync, lstatSync, openSync, readdirSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { accepted, addedHeader, dkimPass, EXO_CLIENT, message, OUR_AUTHSERVID, policyFile, rejected, removeScratch, scratchDir, TRUSTED_AUTHSERVID, TRUSTED_CN } from "../lib/fixtures.ts";
+import { accepted, addedHeader, ALL_CHECKS_ENV, dkimPass, message, policyFile, rejected, removeScratch, scratchDir, TRUSTED_CN } from "../lib/fixtures.ts";
 import { MilterClient } from "../lib/milter-client.ts";
 import { freePort, ROOT, startMilter } from "../lib/milter-process.ts";
 
@@ -66,17 +66,6 @@ describe("npm run release", () => {
   });
 });
 
-/** Everything on, as in decisions.test.ts. */
-const FULL_ENV = {
-  MILTER_X509_ENABLED: "true",
-  MILTER_TENANT_ID_REQUIRED: "true",
-  MILTER_DKIM_ENABLED: "true",
-  MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
-  MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-  MILTER_ADD_HEADER: "true",
-  MILTER_AUTHSERVID: OUR_AUTHSERVID,
-};
-
 describe("the release executables", () => {
   for (const [arch, target] of [["x64", "bun-linux-x64-baseline"], ["arm64", "bun-linux-arm64"]] as const) {
     // arm64 runs here under user-mode emulation, with Debian's arm64 glibc.
@@ -99,7 +88,7 @@ describe("the release executables", () => {
       const port = await freePort();
       const proc = await startMilter({
         command: command(),
-        env: { ...FULL_ENV, MILTER_SOCKET: `inet:${port}@127.0.0.1`, MILTER_POLICY_FILE: policyFile() },
+        env: { ...ALL_CHECKS_ENV, MILTER_SOCKET: `inet:${port}@127.0.0.1`, MILTER_POLICY_FILE: policyFile() },
         readyTimeoutMs: 180_000,
       });
       try {

@@ -21,6 +21,17 @@ export const TRUSTED_CN = "mail.protection.outlook.com";
 export const TRUSTED_ISSUER = "DigiCert Cloud Services CA-1";
 export const EXOTA = "X-ExOTA-Authentication-Results";
 
+/** Every check on: x509 (allow-list at its default), tenant id, DKIM with alignment; our header added. */
+export const ALL_CHECKS_ENV = {
+  MILTER_X509_ENABLED: "true",
+  MILTER_TENANT_ID_REQUIRED: "true",
+  MILTER_DKIM_ENABLED: "true",
+  MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
+  MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
+  MILTER_ADD_HEADER: "true",
+  MILTER_AUTHSERVID: OUR_AUTHSERVID,
+};
+
 export const POLICY = {
   "tenant.example": { tenant_id: TENANT, dkim_enabled: true, dkim_alignment_required: true },
   "relaxed.example": { tenant_id: OTHER_TENANT, dkim_enabled: true, dkim_alignment_required: false },
