@@ -340,6 +340,21 @@ export const SETTINGS = {
       }),
     ) as v.GenericSchema<string, { host: string; port: number } | undefined>,
   ),
+  tenantLookupUrl: setting(
+    "MILTER_TENANT_LOOKUP_URL",
+    "tenant-lookup-url",
+    "https://login.microsoftonline.com",
+    "where `tenant-id` and `check --verify-tenants` ask Microsoft for a domain's tenant id (never used while serving mail)",
+    "an http:// or https:// URL",
+    v.pipe(v.string(), v.trim(), v.regex(/^https?:\/\/[^/\s]+(\/\S*)?$/i), v.transform((u) => u.replace(/\/+$/, ""))),
+  ),
+  tenantLookupTimeout: seconds(
+    "MILTER_TENANT_LOOKUP_TIMEOUT",
+    "tenant-lookup-timeout",
+    "10",
+    "seconds `tenant-id` and `check --verify-tenants` wait for one answer from Microsoft",
+    0.1,
+  ),
   logFormat: setting(
     "LOG_FORMAT",
     "log-format",
@@ -458,7 +473,17 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   readonly policyWatch: boolean;
   readonly metricsListen: { readonly host: string; readonly port: number } | undefined;
+  readonly tenantLookup: { readonly baseUrl: string; readonly timeoutMs: number };
   readonly filter: FilterConfig;
+}
+
+/** What `check` is asked to do beyond the configuration and policy. */
+export interface CheckRequest {
+  /** Audit the Postfix configuration (in `dir`, or Postfix's default directory). */
+  readonly postfix: { readonly dir: string | undefined } | undefined;
+  /** Compare every policy entry's tenant id with the one Microsoft publishes. */
+  readonly verifyTenants: boolean;
+  readonly json: boolean;
 }
 
 /** What `explain` is asked about. */
@@ -473,12 +498,16 @@ export interface ExplainRequest {
 }
 
 export type ConfigResult =
-  | { readonly ok: true; readonly command: "run" | "check"; readonly config: Config }
+  | { readonly ok: true; readonly command: "run"; readonly config: Config }
+  | { readonly ok: true; readonly command: "check"; readonly config: Config; readonly check: CheckRequest }
+  | { readonly ok: true; readonly command: "tenant-id"; readonly config: Config; readonly domains: readonly string[]; readonly json: boolean }
   | { readonly ok: true; readonly command: "explain"; readonly config: Config; readonly explain: ExplainRequest }
   | { readonly ok: true; readonly command: "help" | "version" | "man" }
   | { readonly ok: false; readonly error: string };
 
 const EXPLAIN_FLAGS = ["message", "client-ip", "cert-subject", "cert-issuer", "cert-verify", "queue-id"] as const;
+/** Flags without a value (`--json`), or with an optional one (`--postfix[=DIR]`): "" when none is given. */
+const BARE_FLAGS = new Set(["postfix", "verify-tenants", "json"]);
 
 interface Flags {
   readonly help: boolean;
@@ -507,9 +536,9 @@ function parseFlags(argv: readonly string[], valueFlags: ReadonlySet<string>): F
     else if (arg.startsWith("--")) {
       const eq = arg.indexOf("=");
       const name = arg.slice(2, eq < 0 ? undefined : eq);
-      if (!valueFlags.has(name)) return `unknown option "--${name}"`;
-      let value = eq < 0 ? argv[i + 1] : arg.slice(eq + 1);
-      if (eq < 0) {
+      if (!valueFlags.has(name) && !BARE_FLAGS.has(name)) return `unknown option "--${name}"`;
+      let value = eq < 0 ? (BARE_FLAGS.has(name) ? "" : argv[i + 1]) : arg.slice(eq + 1);
+      if (eq < 0 && !BARE_FLAGS.has(name)) {
         if (value === undefined || value.startsWith("--")) return `option "--${name}" needs a value`;
         i++;
       }
@@ -533,10 +562,17 @@ export function loadConfig(
   if (parsed.version) return { ok: true, command: "version" };
   if (parsed.man) return { ok: true, command: "man" };
   const [command = "run", ...extra] = parsed.positionals;
-  if (command !== "run" && command !== "check" && command !== "explain") {
-    return { ok: false, error: `unknown command "${command}": expected run, check or explain (see --help)` };
+  if (command !== "run" && command !== "check" && command !== "explain" && command !== "tenant-id") {
+    return { ok: false, error: `unknown command "${command}": expected run, check, explain or tenant-id (see --help)` };
   }
-  if (extra.length > 0) return { ok: false, error: `unexpected argument "${extra[0]}" (see --help)` };
+  if (command === "tenant-id" && extra.length === 0) return { ok: false, error: "tenant-id needs at least one domain (see --help)" };
+  if (command !== "tenant-id" && extra.length > 0) return { ok: false, error: `unexpected argument "${extra[0]}" (see --help)` };
+  const bare = (f: string) => parsed.values.get(f);
+  const strayBare = [...BARE_FLAGS].find((f) => bare(f) !== undefined && command !== "check" && !(command === "tenant-id" && f === "json"));
+  if (strayBare !== undefined) return { ok: false, error: `--${strayBare} belongs to the check command (see --help)` };
+  for (const f of ["verify-tenants", "json"]) {
+    if (bare(f) !== undefined && bare(f) !== "") return { ok: false, error: `--${f} takes no value (see --help)` };
+  }
   const explainValue = (f: typeof EXPLAIN_FLAGS[number]) => parsed.values.get(f);
   if (command !== "explain") {
     const stray = EXPLAIN_FLAGS.find((f) => explainValue(f) !== undefined);
@@ -634,6 +670,7 @@ export function loadConfig(
     shutdownTimeoutMs: c.shutdownTimeout * 1000,
     policyWatch: c.policyWatch,
     metricsListen: c.metricsListen,
+    tenantLookup: { baseUrl: c.tenantLookupUrl, timeoutMs: c.tenantLookupTimeout * 1000 },
     filter: {
       rejectMessage: c.rejectMessage,
       tempfailMessage: c.tmpfailMessage,
@@ -672,19 +709,42 @@ export function loadConfig(
       },
     };
   }
+  if (command === "tenant-id") return { ok: true, command, config, domains: extra, json: bare("json") !== undefined };
+  if (command === "check") {
+    const dir = bare("postfix");
+    if (bare("json") !== undefined && dir === undefined && bare("verify-tenants") === undefined) {
+      return { ok: false, error: "--json goes with --postfix or --verify-tenants (see --help)" };
+    }
+    return {
+      ok: true,
+      command,
+      config,
+      check: {
+        postfix: dir === undefined ? undefined : { dir: dir === "" ? undefined : dir },
+        verifyTenants: bare("verify-tenants") !== undefined,
+        json: bare("json") !== undefined,
+      },
+    };
+  }
   return { ok: true, command, config };
 }
 
 /** The commands, for --help and the man page (src/cli/manpage.ts). */
 export const COMMANDS = [
   { name: "run", usage: "[run] [--FLAG=VALUE ...]", summary: "serve mail" },
-  { name: "check", usage: "check [--FLAG=VALUE ...]", summary: "validate configuration and policy, print what is in force" },
+  {
+    name: "check",
+    usage: "check [--postfix[=CONFIG_DIR]] [--verify-tenants] [--json] [--FLAG=VALUE ...]",
+    summary: "validate configuration and policy, print what is in force; --postfix instead audits the Postfix " +
+      "settings around the milter, --verify-tenants compares every policy tenant id with the one Microsoft publishes",
+  },
   {
     name: "explain",
     usage: "explain --message FILE.eml [--client-ip IP] [--cert-subject CN] [--cert-issuer CN] [--cert-verify OK] [--queue-id ID]",
     summary: "decide a saved message and print every step; the --cert-* values as the MTA gives the macros " +
       "{cert_subject}, {cert_issuer}, {verify}",
   },
+  { name: "tenant-id", usage: "tenant-id [--json] DOMAIN...", summary: "print each domain's tenant id as Microsoft publishes it" },
 ] as const;
 
 /** The options that are no setting, for --help and the man page. */

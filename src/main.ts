@@ -1,13 +1,15 @@
 /**
  * The command line: `run` (default) serves mail, `check` validates the
- * configuration and policy, `explain` decides a saved message step by step.
+ * configuration and policy (`--postfix`: audits Postfix, `--verify-tenants`:
+ * asks Microsoft), `explain` decides a saved message step by step,
+ * `tenant-id` prints domains' tenant ids as Microsoft publishes them.
  * @module
  */
 import process from "node:process";
 import pkg from "../package.json" with { type: "json" };
 import { check } from "./cli/check.ts";
 import { explain } from "./cli/explain.ts";
-import { helpText, loadConfig } from "./config.ts";
+import { type Config, helpText, loadConfig } from "./config.ts";
 import { flushLogs, logger, setupLogging } from "./log.ts";
 import { runDaemon } from "./server/daemon.ts";
 import { openPolicy } from "./server/policy-provider.ts";
@@ -31,6 +33,20 @@ function fail(message: string): never {
 
 const print = (line: string) => void process.stdout.write(line + "\n");
 
+const lookupOptions = (config: Config) => ({ baseUrl: config.tenantLookup.baseUrl, timeoutMs: config.tenantLookup.timeoutMs });
+
+/** `check --verify-tenants`: every policy entry (file or directory) against Microsoft. */
+async function checkTenants(config: Config, json: boolean): Promise<number> {
+  const policy = await openPolicy(config, logger("policy"));
+  if (typeof policy === "string") fail(`policy: ${policy}`);
+  const listing = await policy.list();
+  await policy.close();
+  if (!listing.ok) fail(`policy: ${listing.error}`);
+  const entries = listing.policies.map(([domain, r]) => ({ domain, tenantId: r.kind === "found" ? r.policy.tenantId : "" }));
+  const { verifyTenants } = await import("./cli/tenant-id.ts");
+  return verifyTenants(entries, lookupOptions(config), json, print);
+}
+
 const r = loadConfig(process.argv.slice(2), process.env, process.getuid?.());
 if (!r.ok) fail(r.error);
 switch (r.command) {
@@ -49,7 +65,21 @@ switch (r.command) {
     setupLogging(r.config.name, r.config.logLevel, r.config.logFormat);
     await runDaemon(r.config, VERSION, fail);
     break;
+  case "tenant-id": {
+    // Loaded only here: the daemon's start-up does not pay for the commands' modules.
+    const { tenantIdCommand } = await import("./cli/tenant-id.ts");
+    process.exit(await tenantIdCommand(r.domains, lookupOptions(r.config), r.json, print));
+    break;
+  }
   case "check":
+    if (r.check.postfix !== undefined || r.check.verifyTenants) {
+      setupLogging(r.config.name, "warning", r.config.logFormat);
+      let code = 0;
+      if (r.check.postfix !== undefined) code = await (await import("./cli/postfix.ts")).checkPostfix(r.config, r.check.postfix.dir, r.check.json, print);
+      if (r.check.verifyTenants) code = Math.max(code, await checkTenants(r.config, r.check.json));
+      process.exit(code);
+    }
+  // falls through: the plain check of configuration and policy
   case "explain": {
     // Only problems go to the log here; the answer goes to standard output.
     setupLogging(r.config.name, "warning", r.config.logFormat);

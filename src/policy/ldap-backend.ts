@@ -225,6 +225,37 @@ export class LdapPolicyBackend {
     this.#retryTimer.unref?.();
   }
 
+  /**
+   * Every policy in the directory: the query with `*` for the domain, each
+   * entry's domains read from the attribute the query compares with `%d`.
+   */
+  async list(): Promise<{ ok: true; policies: Array<[string, PolicyResult]> } | { ok: false; error: string }> {
+    const attr = /\(([A-Za-z][A-Za-z0-9-]*)=%d\)/.exec(this.config.query)?.[1];
+    if (attr === undefined) return { ok: false, error: `cannot list policies: MILTER_LDAP_QUERY compares no attribute with %d as (attribute=%d)` };
+    const a = this.config.attributes;
+    try {
+      const client = this.#client ?? await this.#connect();
+      const { searchEntries } = await client.search(this.config.searchBase, {
+        scope: "sub",
+        filter: this.config.query.replaceAll("%d", "*"),
+        attributes: [attr, a.tenantId, a.dkimEnabled, a.dkimAlignmentRequired],
+        paged: true,
+      });
+      const byDomain = new Map<string, LdapEntry[]>();
+      for (const entry of searchEntries as LdapEntry[]) {
+        const names = Object.entries(entry).find(([k]) => k.toLowerCase() === attr.toLowerCase())?.[1];
+        for (const d of Array.isArray(names) ? names : [names]) {
+          if (typeof d !== "string") continue;
+          const domain = d.toLowerCase();
+          byDomain.set(domain, [...byDomain.get(domain) ?? [], entry]);
+        }
+      }
+      return { ok: true, policies: [...byDomain].map(([d, entries]) => [d, policyFromEntries(d, entries, a)]) };
+    } catch (e) {
+      return { ok: false, error: `LDAP search for every policy failed: ${describe(e)}` };
+    }
+  }
+
   clearCache(): void {
     this.#cache.clear();
   }

@@ -10,7 +10,12 @@ import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
 import type { LdapPolicyBackend } from "../policy/ldap-backend.ts";
 import { dkimOffDomains, dkimOffWarning, mapLookup, parsePolicyBytes, parsePolicyBytesSliced, type PolicyMap } from "../policy/policy-file.ts";
-import type { PolicyLookup } from "../policy/types.ts";
+import type { PolicyLookup, PolicyResult } from "../policy/types.ts";
+
+/** Every policy in force, by domain (for `check --verify-tenants`), or why they cannot be listed. */
+export type PolicyListing =
+  | { readonly ok: true; readonly policies: ReadonlyArray<readonly [string, PolicyResult]> }
+  | { readonly ok: false; readonly error: string };
 
 export type ReloadResult = { readonly ok: true; readonly domains: number } | { readonly ok: false; readonly error: string };
 
@@ -21,6 +26,7 @@ export interface PolicyProvider {
   entries(): number | undefined;
   /** Domains in force whose policy has `dkim_enabled: false` (file), or undefined (directory). */
   dkimOffDomains(): readonly string[] | undefined;
+  list(): Promise<PolicyListing>;
   /** Reads the source again; keeps the old policy when the new one is invalid. */
   reload(): ReloadResult | Promise<ReloadResult>;
   close(): Promise<void>;
@@ -179,6 +185,10 @@ export class FilePolicyProvider implements PolicyProvider {
     return this.#policies.size;
   }
 
+  list(): Promise<PolicyListing> {
+    return Promise.resolve({ ok: true, policies: [...this.#policies].map(([d, policy]) => [d, { kind: "found", policy }] as const) });
+  }
+
   dkimOffDomains(): readonly string[] {
     return dkimOffDomains(this.#policies);
   }
@@ -285,6 +295,10 @@ export class LdapPolicyProvider implements PolicyProvider {
 
   entries(): undefined {
     return undefined;
+  }
+
+  list(): Promise<PolicyListing> {
+    return this.backend.list();
   }
 
   dkimOffDomains(): undefined {

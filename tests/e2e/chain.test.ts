@@ -28,7 +28,7 @@ import {
 } from "./chain.ts";
 import { assertAccepted, assertRejected } from "./helpers.ts";
 import type { MilterProcess } from "../lib/milter-process.ts";
-import { freePort, writePolicy } from "../lib/milter-process.ts";
+import { freePort, runMilter, writePolicy } from "../lib/milter-process.ts";
 
 /** Per test: bun's default is 5 s, and a test here signs with dkimsign and runs swaks or python3. */
 const T = { timeout: 30_000 };
@@ -37,6 +37,8 @@ const T = { timeout: 30_000 };
 const FOREIGN_AUTHSERVID = "verifier.e2e.test";
 
 const milters: Record<"unix" | "tcp" | "foreign" | "down", MilterProcess | undefined> = { unix: undefined, tcp: undefined, foreign: undefined, down: undefined };
+/** MILTER_SOCKET of the unix and tcp milters, for the Postfix audit of this chain's configuration. */
+const sockets: string[] = [];
 
 // Set up at module level: bun's node:test gives hooks 5 s and ignores their timeout option, and the
 // chain takes a few seconds (RSA keys, postfix start). after() stops it, also when a test failed.
@@ -52,6 +54,7 @@ async function setUp(): Promise<Chain> {
   const foreignSock = join(chain.dir, "exota-foreign.sock");
   const downSock = join(chain.dir, "exota-down.sock");
   const tcpPort = await freePort();
+  sockets.push(`unix:${unixSock}`, `inet:${tcpPort}@127.0.0.1`);
   const common = { MILTER_POLICY_FILE: policy, MILTER_SOCKET_MODE: "0666" };
   [milters.unix, milters.tcp, milters.foreign, milters.down] = await Promise.all([
     chain.startMilter(exotaEnv({ ...common, MILTER_SOCKET: `unix:${unixSock}` })),
@@ -274,6 +277,17 @@ describe("a trusted authserv-id that OpenDKIM does not own (milter trusts verifi
 
   it("OpenDKIM's genuine pass does not count for a milter that trusts another id: 550", T, async () => {
     assertRejected(await chain.swaks("foreign", await validOnce()), "No valid DKIM authentication results found");
+  });
+});
+
+describe("check --postfix on the configuration this chain runs with", () => {
+  it("reports no problem for the unix and the tcp milter, exit 0; the other routes are notes", T, async () => {
+    for (const socket of sockets) {
+      const r = await runMilter(["check", `--postfix=${chain.postfixConfigDir}`], exotaEnv({ MILTER_SOCKET: socket }));
+      assert.equal(r.code, 0, r.output);
+      assert.match(r.output, /: 0 problem\(s\)\n/);
+      assert.equal(r.output.match(/^note: service 127\.0\.0\.1:\d+\/inet does not pass mail to exota-milter/gm)?.length, 3, r.output);
+    }
   });
 });
 

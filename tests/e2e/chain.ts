@@ -381,6 +381,101 @@ function parseDelivered(raw: string): Delivered {
   };
 }
 
+/** What a private Postfix configuration needs to know about its surroundings. */
+export interface PostfixConfigSpec {
+  /** The chain's folder: queue, data directory and log go there. */
+  readonly dir: string;
+  /** Where Postfix relays to (smtp-sink). */
+  readonly relayPort: number;
+  readonly pki: Pick<Pki, "ca" | "server">;
+  /** main.cf settings added or replaced. */
+  readonly main?: Readonly<Record<string, string>> | undefined;
+  /** One smtpd listener each: its port, its smtpd_milters, its chroot column (default n), more -o settings. */
+  readonly listeners: ReadonlyArray<{
+    readonly route: string;
+    readonly port: number;
+    readonly milters: string;
+    readonly chroot?: boolean;
+    readonly options?: Readonly<Record<string, string>>;
+  }>;
+}
+
+/** A master.cf -o option; one with spaces goes in braces (Postfix >= 3.0). */
+const masterOption = (name: string, value: string) => /\s/.test(value) ? `-o { ${name} = ${value} }` : `-o ${name}=${value}`;
+
+/**
+ * Writes main.cf and master.cf of a private Postfix instance into `confDir`
+ * (nothing under /etc): the chain runs it, the Postfix audit tests read it
+ * with postconf.
+ */
+export function writePostfixConfig(confDir: string, spec: PostfixConfigSpec): void {
+  // data_directory must not exist beforehand: postfix creates it with the right owner.
+  const main = {
+    compatibility_level: "3.6",
+    queue_directory: join(spec.dir, "queue"),
+    data_directory: join(spec.dir, "data"),
+    mail_owner: "postfix",
+    setgid_group: "postdrop",
+    myhostname: "mx.e2e.test",
+    mydomain: "e2e.test",
+    mydestination: "",
+    inet_interfaces: "127.0.0.1",
+    inet_protocols: "ipv4",
+    mynetworks: "127.0.0.0/8",
+    relayhost: `[127.0.0.1]:${spec.relayPort}`,
+    alias_maps: "",
+    alias_database: "",
+    // Else Postfix rewrites the headers of loopback clients, which breaks DKIM signatures.
+    local_header_rewrite_clients: "",
+    smtpd_relay_restrictions: "permit_mynetworks, reject",
+    smtpd_tls_security_level: "may",
+    smtpd_tls_cert_file: spec.pki.server.cert,
+    smtpd_tls_key_file: spec.pki.server.key,
+    smtpd_tls_CAfile: spec.pki.ca,
+    smtpd_tls_ask_ccert: "yes",
+    smtpd_tls_loglevel: "1",
+    smtp_tls_security_level: "none",
+    milter_protocol: "6",
+    milter_default_action: "tempfail",
+    maillog_file: join(spec.dir, "postfix.log"),
+    maillog_file_prefixes: spec.dir,
+    smtputf8_enable: "no",
+    biff: "no",
+    ...spec.main,
+  };
+  mkdirSync(confDir, { recursive: true });
+  writeFileSync(join(confDir, "main.cf"), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join("\n") + "\n");
+  const services = [
+    "pickup unix n - n 60 1 pickup",
+    "cleanup unix n - n - 0 cleanup",
+    "qmgr unix n - n 300 1 qmgr",
+    "tlsmgr unix - - n 1000? 1 tlsmgr",
+    "rewrite unix - - n - - trivial-rewrite",
+    "bounce unix - - n - 0 bounce",
+    "defer unix - - n - 0 bounce",
+    "trace unix - - n - 0 bounce",
+    "verify unix - - n - 1 verify",
+    "flush unix n - n 1000? 0 flush",
+    "proxymap unix - - n - - proxymap",
+    "proxywrite unix - - n - 1 proxymap",
+    "smtp unix - - n - - smtp",
+    "relay unix - - n - - smtp",
+    "showq unix n - n - - showq",
+    "error unix - - n - - error",
+    "retry unix - - n - - error",
+    "discard unix - - n - - discard",
+    "anvil unix - - n - 1 anvil",
+    "scache unix - - n - 1 scache",
+    "postlog unix-dgram n - n - 1 postlogd",
+  ];
+  for (const l of spec.listeners) {
+    const options = { syslog_name: `postfix/${l.route}`, smtpd_milters: l.milters, ...l.options };
+    const lines = Object.entries(options).map(([k, v]) => `\n  ${masterOption(k, v)}`).join("");
+    services.unshift(`127.0.0.1:${l.port} inet n - ${l.chroot ? "y" : "n"} - - smtpd${lines}`);
+  }
+  writeFileSync(join(confDir, "master.cf"), services.join("\n") + "\n");
+}
+
 // ---------------------------------------------------------------- the chain
 
 export interface ChainOptions {
@@ -391,7 +486,7 @@ export interface ChainOptions {
    */
   readonly routes: Record<string, readonly string[]>;
   /** main.cf settings on top of the chain's own (the bench sets in_flow_delay). */
-  readonly main?: Record<string, string>;
+  readonly main?: Readonly<Record<string, string>>;
 }
 
 export class Chain {
@@ -505,71 +600,13 @@ export class Chain {
   async startPostfix(opts: ChainOptions): Promise<void> {
     mkdirSync(this.#postfixConf);
     mkdirSync(join(this.dir, "queue"));
-    // data_directory must not exist beforehand: postfix creates it with the right owner.
-    const main = {
-      compatibility_level: "3.6",
-      queue_directory: join(this.dir, "queue"),
-      data_directory: join(this.dir, "data"),
-      mail_owner: "postfix",
-      setgid_group: "postdrop",
-      myhostname: "mx.e2e.test",
-      mydomain: "e2e.test",
-      mydestination: "",
-      inet_interfaces: "127.0.0.1",
-      inet_protocols: "ipv4",
-      mynetworks: "127.0.0.0/8",
-      relayhost: `[127.0.0.1]:${this.#sinkPort}`,
-      alias_maps: "",
-      alias_database: "",
-      // Else Postfix rewrites the headers of loopback clients, which breaks DKIM signatures.
-      local_header_rewrite_clients: "",
-      smtpd_relay_restrictions: "permit_mynetworks, reject",
-      smtpd_tls_security_level: "may",
-      smtpd_tls_cert_file: this.pki.server.cert,
-      smtpd_tls_key_file: this.pki.server.key,
-      smtpd_tls_CAfile: this.pki.ca,
-      smtpd_tls_ask_ccert: "yes",
-      smtpd_tls_loglevel: "1",
-      smtp_tls_security_level: "none",
-      milter_protocol: "6",
-      milter_default_action: "tempfail",
-      maillog_file: join(this.dir, "postfix.log"),
-      maillog_file_prefixes: this.dir,
-      smtputf8_enable: "no",
-      biff: "no",
-      ...opts.main,
-    };
-    writeFileSync(join(this.#postfixConf, "main.cf"), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join("\n") + "\n");
-    const services = [
-      "pickup unix n - n 60 1 pickup",
-      "cleanup unix n - n - 0 cleanup",
-      "qmgr unix n - n 300 1 qmgr",
-      "tlsmgr unix - - n 1000? 1 tlsmgr",
-      "rewrite unix - - n - - trivial-rewrite",
-      "bounce unix - - n - 0 bounce",
-      "defer unix - - n - 0 bounce",
-      "trace unix - - n - 0 bounce",
-      "verify unix - - n - 1 verify",
-      "flush unix n - n 1000? 0 flush",
-      "proxymap unix - - n - - proxymap",
-      "proxywrite unix - - n - 1 proxymap",
-      "smtp unix - - n - - smtp",
-      "relay unix - - n - - smtp",
-      "showq unix n - n - - showq",
-      "error unix - - n - - error",
-      "retry unix - - n - - error",
-      "discard unix - - n - - discard",
-      "anvil unix - - n - 1 anvil",
-      "scache unix - - n - 1 scache",
-      "postlog unix-dgram n - n - 1 postlogd",
-    ];
+    const listeners = [];
     for (const [route, milters] of Object.entries(opts.routes)) {
       const port = await freePort();
       this.ports.set(route, port);
-      const list = milters.map((m) => (m === "opendkim" ? `unix:${this.#opendkimSocket}` : m)).join(",");
-      services.unshift(`127.0.0.1:${port} inet n - n - - smtpd\n  -o syslog_name=postfix/${route}\n  -o smtpd_milters=${list}`);
+      listeners.push({ route, port, milters: milters.map((m) => (m === "opendkim" ? `unix:${this.#opendkimSocket}` : m)).join(",") });
     }
-    writeFileSync(join(this.#postfixConf, "master.cf"), services.join("\n") + "\n");
+    writePostfixConfig(this.#postfixConf, { dir: this.dir, relayPort: this.#sinkPort, pki: this.pki, main: opts.main, listeners });
     this.#postfixStarted = true;
     await mustExec(TOOLS.postfix, ["-c", this.#postfixConf, "start"]);
     for (const port of this.ports.values()) await waitUntil(`postfix on ${port}`, () => connectable({ host: "127.0.0.1", port }));
@@ -590,6 +627,11 @@ export class Chain {
     const line = readFileSync(this.#dkim.publicKeys, "utf8").split("\n").find((l) => l.startsWith(`sel._domainkey.${d} `));
     if (line === undefined) throw new Error(`no DKIM key for ${d}`);
     return line.slice(line.indexOf(" ") + 1);
+  }
+
+  /** Postfix's config_directory (main.cf, master.cf) once startPostfix ran. */
+  get postfixConfigDir(): string {
+    return this.#postfixConf;
   }
 
   port(route: string): number {

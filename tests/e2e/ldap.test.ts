@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { buildMessage, Chain, exotaEnv, RELAXED_TENANT } from "./chain.ts";
 import { assertAccepted, assertRejected, assertTempfailed } from "./helpers.ts";
-import { BASE, BIND_DN, BIND_PW, type Slapd, startSlapd } from "../lib/slapd.ts";
+import { samplePolicyEnv, type Slapd, startSlapd } from "../lib/slapd.ts";
 
 /** Per test: bun's default is 5 s. */
 const T = { timeout: 30_000 };
@@ -28,12 +28,7 @@ async function setUp(): Promise<Chain> {
   await chain.startMilter(exotaEnv({
     MILTER_SOCKET: `unix:${sock}`,
     MILTER_SOCKET_MODE: "0666",
-    MILTER_POLICY_SOURCE: "ldap",
-    MILTER_LDAP_SERVER_URI: slapd.url,
-    MILTER_LDAP_BINDDN: BIND_DN,
-    MILTER_LDAP_BINDPW: BIND_PW,
-    MILTER_LDAP_SEARCH_BASE: `ou=domains,${BASE}`,
-    MILTER_LDAP_QUERY: "(&(objectClass=exotaMilterPolicy)(associatedDomain=%d))",
+    ...samplePolicyEnv(slapd),
     // Every message asks the directory: a stopped slapd must show at once.
     MILTER_LDAP_CACHE_TTL: "0",
     MILTER_LDAP_CONNECT_TIMEOUT: "1",

@@ -73,9 +73,9 @@ describe("exota-milter(8)", () => {
   });
 
   it("describes every command --help lists, and its other options", () => {
-    const commands = [...help.matchAll(/^(?:Usage:| {6}) exota-milter (?:\[(\w+)\]|(\w+))/gm)].map((m) => m[1] ?? m[2]);
-    assert.deepEqual(commands, ["run", "check", "explain"]);
-    const described = section("COMMANDS").flatMap((l) => /^ {7}(\w+)/.exec(l)?.[1] ?? []);
+    const commands = [...help.matchAll(/^(?:Usage:| {6}) exota-milter (?:\[(\w+)\]|([\w-]+))/gm)].map((m) => m[1] ?? m[2]);
+    assert.deepEqual(commands, ["run", "check", "explain", "tenant-id"]);
+    const described = section("COMMANDS").flatMap((l) => /^ {7}([\w-]+)/.exec(l)?.[1] ?? []);
     assert.deepEqual(described, commands);
     const synopsis = section("SYNOPSIS").join(" ");
     for (const f of ["--message", "--client-ip", "--cert-subject", "--cert-issuer", "--cert-verify", "--queue-id"]) assert.ok(synopsis.includes(f), f);

@@ -32,6 +32,18 @@ export interface Slapd {
   destroy(): Promise<void>;
 }
 
+/** Settings that point exota-milter at the sample policies (ldap/sample-policies.ldif) of a running slapd. */
+export function samplePolicyEnv(slapd: Slapd): Record<string, string> {
+  return {
+    MILTER_POLICY_SOURCE: "ldap",
+    MILTER_LDAP_SERVER_URI: slapd.url,
+    MILTER_LDAP_BINDDN: BIND_DN,
+    MILTER_LDAP_BINDPW: BIND_PW,
+    MILTER_LDAP_SEARCH_BASE: `ou=domains,${BASE}`,
+    MILTER_LDAP_QUERY: "(&(objectClass=exotaMilterPolicy)(associatedDomain=%d))",
+  };
+}
+
 function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   return new Promise((res, rej) => {

@@ -282,7 +282,7 @@ describe("flags", () => {
     const eq = loadConfig(["--name=x=y"], {});
     assert.ok(eq.ok && eq.command === "run");
     assert.equal(eq.config.name, "x=y");
-    assert.equal(error(["--", "--name=a"]), 'unknown command "--name=a": expected run, check or explain (see --help)');
+    assert.equal(error(["--", "--name=a"]), 'unknown command "--name=a": expected run, check, explain or tenant-id (see --help)');
     assert.deepEqual(loadConfig(["-V"], {}), { ok: true, command: "version" });
     assert.deepEqual(loadConfig(["run", "-h"], {}), { ok: true, command: "help" });
     assert.equal(error(["-x"]), 'unknown option "-x" (see --help)');
@@ -290,7 +290,7 @@ describe("flags", () => {
   });
 
   it("unknown command or extra positional argument -> error", () => {
-    assert.equal(error(["start"]), 'unknown command "start": expected run, check or explain (see --help)');
+    assert.equal(error(["start"]), 'unknown command "start": expected run, check, explain or tenant-id (see --help)');
     assert.equal(error(["run", "now"]), 'unexpected argument "now" (see --help)');
   });
 
@@ -548,5 +548,38 @@ describe("numbers", () => {
     assert.match(error([], { MILTER_MAX_HEADERS: "0" }), /^MILTER_MAX_HEADERS="0" is not valid: expected a whole number from 1$/);
     assert.match(error([], { MILTER_MAX_FRAME_SIZE: "1000" }), /^MILTER_MAX_FRAME_SIZE="1000" is not valid: expected a whole number from 65536$/);
     assert.match(error([], { MILTER_IDLE_TIMEOUT: "-1" }), /^MILTER_IDLE_TIMEOUT="-1" is not valid/);
+  });
+});
+
+describe("check --postfix, --verify-tenants, --json and tenant-id", () => {
+  const check = (argv: string[]) => {
+    const r = loadConfig(argv, {});
+    if (!r.ok || r.command !== "check") assert.fail(JSON.stringify(r));
+    return r.check;
+  };
+  it("--postfix with and without a directory; flags off by default", () => {
+    assert.deepEqual(check(["check"]), { postfix: undefined, verifyTenants: false, json: false });
+    assert.deepEqual(check(["check", "--postfix"]), { postfix: { dir: undefined }, verifyTenants: false, json: false });
+    assert.deepEqual(check(["check", "--postfix=/etc/postfix", "--json"]), { postfix: { dir: "/etc/postfix" }, verifyTenants: false, json: true });
+    assert.deepEqual(check(["check", "--verify-tenants", "--json"]), { postfix: undefined, verifyTenants: true, json: true });
+  });
+  it("misplaced or malformed: errors", () => {
+    assert.match(error(["--postfix"]), /--postfix belongs to the check command/);
+    assert.match(error(["check", "--postfix", "/etc/postfix"]), /unexpected argument "\/etc\/postfix"/);
+    assert.match(error(["check", "--json"]), /--json goes with --postfix or --verify-tenants/);
+    assert.match(error(["check", "--verify-tenants=yes"]), /--verify-tenants takes no value/);
+    assert.match(error(["tenant-id"]), /tenant-id needs at least one domain/);
+    assert.match(error(["tenant-id", "--verify-tenants", "a.example"]), /--verify-tenants belongs to the check command/);
+  });
+  it("tenant-id: domains, --json, the lookup URL and timeout settings", () => {
+    const r = loadConfig(["tenant-id", "--json", "a.example", "b.example"], { MILTER_TENANT_LOOKUP_URL: "http://127.0.0.1:8080/" });
+    if (!r.ok || r.command !== "tenant-id") assert.fail(JSON.stringify(r));
+    assert.deepEqual(r.domains, ["a.example", "b.example"]);
+    assert.equal(r.json, true);
+    assert.deepEqual(r.config.tenantLookup, { baseUrl: "http://127.0.0.1:8080", timeoutMs: 10_000 });
+    assert.equal(config().tenantLookup.baseUrl, "https://login.microsoftonline.com");
+    assert.match(error([], { MILTER_TENANT_LOOKUP_URL: "login.microsoftonline.com" }), /MILTER_TENANT_LOOKUP_URL=.*expected an http:\/\/ or https:\/\/ URL/);
+    assert.match(helpText("x"), /x tenant-id \[--json\] DOMAIN\.\.\./);
+    assert.match(helpText("x"), /--tenant-lookup-url=VALUE {3}\(MILTER_TENANT_LOOKUP_URL, default "https:\/\/login\.microsoftonline\.com"\)/);
   });
 });

@@ -8,7 +8,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { describe, it } from "node:test";
 
 const SRC = new URL("../../src/", import.meta.url);
-const PURE_DIRS = ["milter", "mail", "policy"];
+const PURE_DIRS = ["milter", "mail", "policy", "postfix"];
 const EXCLUDED = /backend|ldap/i;
 /** Packages a pure module may import (the policy schema uses valibot). */
 const ALLOWED_PACKAGES = new Set(["valibot"]);
