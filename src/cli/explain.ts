@@ -66,5 +66,27 @@ export async function explain(config: Config, req: ExplainRequest, lookup: Polic
         break;
     }
   }
+  for (const hint of configurationHints(fields, fc, verdict.action === "continue" ? "" : verdict.reason)) print(`hint: ${hint}`);
   return EXIT_BY_VERDICT[verdict.action];
+}
+
+/**
+ * Outcomes that usually mean the MTA is set up wrong, not that the sender
+ * is: each names the audit that finds the mistake.
+ */
+function configurationHints(fields: ReadonlyArray<readonly [string, string]>, fc: Config["filter"], reason: string): string[] {
+  const hints: string[] = [];
+  const trusted = fields.filter(([name, value]) =>
+    name.toLowerCase() === "authentication-results" && value.split(";")[0]!.trim().split(/\s+/)[0]!.toLowerCase() === fc.trustedAuthservId
+  );
+  if (fc.dkimEnabled && trusted.length === 0) {
+    hints.push(
+      `no Authentication-Results of ${fc.trustedAuthservId} at all: if live mail looks like this, the DKIM verifier does not run before ` +
+        "exota-milter, or writes another authserv-id; `exota-milter check --postfix` audits the milter order",
+    );
+  }
+  if (reason === "No trusted x509 client CN found") {
+    hints.push("if live mail is rejected for this, Postfix does not pass {cert_subject}; `exota-milter check --postfix` audits smtpd_tls_ask_ccert, the CA and the macros");
+  }
+  return hints;
 }

@@ -657,6 +657,17 @@ describe("explain", () => {
     assert.ok(malformed.output.split("\n").includes('{cert_subject}: "/CN=mail+zz", not usable: malformed xtext escape in /CN=mail+zz'), malformed.output);
   });
 
+  it("no trusted Authentication-Results at all, or no certificate: a hint names the Postfix audit; a plain reject has none", async () => {
+    const file = save("no-trusted-ar.eml", eml({ authResults: dkimPass("tenant.example", "mx.elsewhere.example") }));
+    const r = await runMilter(["explain", "--message", file, "--client-ip", EXO_CLIENT.address], env());
+    assert.equal(r.code, 2, r.output);
+    assert.match(r.output, new RegExp(`\nhint: no Authentication-Results of ${TRUSTED_AUTHSERVID.replace(/\./g, "\\.")} at all: .*exota-milter check --postfix. audits the milter order\n`));
+    assert.match(r.output, /\nhint: if live mail is rejected for this, Postfix does not pass \{cert_subject\}; .exota-milter check --postfix. audits/);
+    const plain = await runMilter(["explain", "--message", save("no-policy.eml", eml({ from: "m@unknown.example", authResults: dkimPass("unknown.example") })), ...exo], env());
+    assert.equal(plain.code, 2, plain.output);
+    assert.doesNotMatch(plain.output, /^hint:/m);
+  });
+
   it("report-only mode: the verdict says the message would be let through, the header says would=reject", async () => {
     const file = save("report-only.eml", eml({ from: "Mallory <m@unknown.example>", extra: ["x-exota-authentication-results: forged"] }));
     const r = await runMilter(["explain", "--message", file, ...exo, "--queue-id", "R1"], env({ MILTER_REPORT_ONLY: "true" }));
