@@ -60,10 +60,7 @@ before(async () => {
     const m = /^\/([^/]+)\/v2\.0\/\.well-known\/openid-configuration$/.exec(req.url ?? "");
     const domain = m?.[1] ?? "";
     hits.set(domain, (hits.get(domain) ?? 0) + 1);
-    inFlight++;
-    maxInFlight = Math.max(maxInFlight, inFlight);
     const send = (status: number, body: string) => {
-      inFlight--;
       res.writeHead(status, { "content-type": "application/json; charset=utf-8" }).end(body);
     };
     const b = BEHAVIOUR[domain] ?? (domain.startsWith("many") ? "delay" : undefined);
@@ -84,7 +81,12 @@ before(async () => {
       case "garbage":
         return send(200, '{"issuer": "https://login.microsoftonline.com/');
       case "delay":
-        return void setTimeout(() => send(200, openid(TENANT_A)), 150);
+        // Counted here only: an earlier test's slow answer may still be pending.
+        maxInFlight = Math.max(maxInFlight, ++inFlight);
+        return void setTimeout(() => {
+          inFlight--;
+          send(200, openid(TENANT_A));
+        }, 150);
       default:
         return send(400, UNKNOWN(domain));
     }
