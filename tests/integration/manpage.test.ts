@@ -80,7 +80,7 @@ describe("exota-milter(8)", () => {
     const synopsis = section("SYNOPSIS").join(" ");
     for (const f of ["--message", "--client-ip", "--cert-subject", "--cert-issuer", "--cert-verify", "--queue-id"]) assert.ok(synopsis.includes(f), f);
     const options = [...help.matchAll(/^ {2}((?:-\w, )?--[a-z]+) {2,}\S/gm)].map((m) => m[1]);
-    assert.deepEqual(options, ["-h, --help", "-V, --version", "--man"]);
+    for (const o of ["-h, --help", "-V, --version", "--man"]) assert.ok(options.includes(o), o);
     assert.deepEqual(section("OPTIONS").flatMap((l) => /^ {7}(-\S.*?)(?: {2,}.*)?$/.exec(l)?.[1] ?? []), options);
   });
 });
