@@ -26,7 +26,12 @@ const COMMAND_DETAIL: Readonly<Record<string, readonly string[]>> = {
   check: [
     "Prints every setting in force and where it came from (flag, environment or default),",
     "then loads the policy file whole, or binds to the directory and runs one query.",
-    "Exit status 0 when everything is usable, 1 otherwise; run it after every change.",
+    "Run it after every change; the exit status says whether everything is usable.",
+  ],
+  "tenant-id": [
+    "Asks login.microsoftonline.com (the OpenID configuration of each DOMAIN) and prints",
+    "the tenant id, or that the domain is not a Microsoft 365 domain: the tenant_id for",
+    "the policy of a new customer domain.",
   ],
   explain: [
     "Runs the same decision on a saved message (RFC 5322, as the MTA would pass it)",
