@@ -22,7 +22,13 @@ const LEVEL_NAMES: Record<string, string> = {
 /** sd-daemon(3) / syslog priorities. */
 const PRIORITY: Record<string, number> = { trace: 7, debug: 7, info: 6, warning: 4, error: 3, fatal: 2 };
 
-const PLAIN = /^[^\s"=]+$/;
+// deno-lint-ignore no-control-regex
+const PLAIN = /^[^\s"=\x00-\x1f\x7f]+$/;
+
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\x00-\x1f\x7f]/g;
+const escapeControl = (c: string) =>
+  c === "\n" ? "\\n" : c === "\r" ? "\\r" : c === "\t" ? "\\t" : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
 
 function formatValue(v: unknown): string {
   if (typeof v === "boolean" || typeof v === "number") return String(v);
@@ -38,8 +44,16 @@ function renderMessage(record: LogRecord): string {
   return message;
 }
 
-/** Message and the properties not already shown in it, as key=value. */
+/**
+ * Message and the properties not already shown in it, as key=value; a
+ * control character anywhere (a MILTER_NAME or a queue id with a newline or
+ * a terminal escape) is written as \n, \xNN: one record, one line.
+ */
 function textBody(name: string, record: LogRecord): string {
+  return rawTextBody(name, record).replace(CONTROL, escapeControl);
+}
+
+function rawTextBody(name: string, record: LogRecord): string {
   let line = `${name}: ${renderMessage(record)}`;
   const raw = typeof record.rawMessage === "string" && record.rawMessage.includes("{") ? record.rawMessage : "";
   const props = record.properties;

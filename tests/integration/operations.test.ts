@@ -1015,6 +1015,26 @@ describe("log formats", () => {
       assert.ok(lines.some((l) => / INFO exota-milter: decision conn=1 qid=LOG2 .*verdict=reject /.test(l)));
     }
   });
+
+  it("control characters in logged values are escaped: a MILTER_NAME or a queue id with a newline or a terminal escape cannot forge lines", async () => {
+    for (const format of ["text", "journal"]) {
+      const m = await startTcpMilter({ MILTER_POLICY_FILE: policyFile(), LOG_FORMAT: format, MILTER_NAME: "exota\n2026-01-01T00:00:00.000Z ERROR forged:" });
+      procs.push(m.proc);
+      const c = await m.connect();
+      try {
+        assert.deepEqual(await c.sendMessage(message({ queueId: "Q\x1b[31m\rX", from: "x@unknown.example" })), rejected("Q\x1b[31m\rX".replace(/[\x00-\x1f]/g, " "), "No policy for 5322.from_domain unknown.example"));
+        await c.quit();
+      } finally {
+        c.destroy();
+      }
+      assert.equal(await m.proc.stop(), 0);
+      const lines = m.proc.log().split("\n").filter((l) => l !== "");
+      const start = format === "text" ? /^\d{4}-\d\d-\d\dT\S+ (INFO|WARNING) exota\\n2026-01-01T00:00:00\.000Z ERROR forged:: / : /^<[46]>exota\\n2026/;
+      for (const l of lines) assert.match(l, start, l);
+      assert.doesNotMatch(m.proc.log(), /[\x00-\x09\x0b-\x1f]/);
+      assert.ok(lines.some((l) => l.includes("qid=\"Q\\u001b[31m\\rX\"")), m.proc.log());
+    }
+  });
 });
 
 // ---------------------------------------------------------------- metrics
