@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, renameSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { createServer } from "node:net";
 import { after, before, describe, it } from "node:test";
 import {
   accepted,
@@ -384,6 +385,36 @@ describe("policy reload", () => {
 // ---------------------------------------------------------------- check
 
 describe("check", () => {
+  it("tries what run does short of serving, and fails the same way: port in use, host name that does not resolve, socket directory missing, metrics port in use", { timeout: 30_000 }, async () => {
+    const busy = createServer();
+    const port = await new Promise<number>((res) => busy.listen(0, "127.0.0.1", () => res((busy.address() as { port: number }).port)));
+    try {
+      const free = await freePort();
+      const cases: Array<[Record<string, string>, RegExp]> = [
+        [{ MILTER_SOCKET: `inet:${port}@127.0.0.1` }, new RegExp(`cannot listen: 127\\.0\\.0\\.1:${port}: EADDRINUSE: address already in use`)],
+        [{ MILTER_SOCKET: `inet:${free}@host.that-does-not-resolve.invalid` }, /cannot listen: host\.that-does-not-resolve\.invalid:\d+: /],
+        [{ MILTER_SOCKET: `unix:${join(scratchDir(), "missing", "milter.sock")}` }, /cannot listen: \S+missing\/milter\.sock: ENOENT/],
+        [{ MILTER_SOCKET: `inet:${free}@127.0.0.1`, MILTER_METRICS_LISTEN: `127.0.0.1:${port}` }, new RegExp(`cannot listen: .*${port}`)],
+      ];
+      for (const [env, why] of cases) {
+        const c = await runMilter(["check"], { MILTER_POLICY_FILE: policyFile(), ...env });
+        assert.equal(c.code, 1, c.output);
+        const line = c.output.split("\n").find((l) => l.startsWith("error: "));
+        assert.match(line ?? "", why, c.output);
+        const r = await runMilter([], { MILTER_POLICY_FILE: policyFile(), ...env });
+        assert.equal(r.code, 1, r.output);
+        assert.ok(r.output.includes(`exota-milter: ${line!.slice("error: ".length)}\n`), `run:\n${r.output}\ncheck:\n${c.output}`);
+      }
+      // A usable socket is let go again: run can take it at once.
+      const ok = await runMilter(["check"], { MILTER_POLICY_FILE: policyFile(), MILTER_SOCKET: `inet:${free}@127.0.0.1` });
+      assert.equal(ok.code, 0, ok.output);
+      const m = await startMilter({ env: { MILTER_POLICY_FILE: policyFile(), MILTER_SOCKET: `inet:${free}@127.0.0.1` } });
+      await m.stop();
+    } finally {
+      busy.close();
+    }
+  });
+
   it("warnings: a mistyped variable is named with the closest setting, by check (exit 0) and in the log at start", async () => {
     const env = { MILTER_POLICY_FILE: policyFile(), MILTER_DKIM_ENABLE: "true" };
     const r = await runMilter(["check"], env);
