@@ -12,11 +12,14 @@
  *   issuer   exota-milter also checks the issuer CN (MILTER_X509_TRUSTED_ISSUER)
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { buildMessage, Chain, type Cert, exotaEnv, POLICY, TRUSTED_CA_CN } from "./chain.ts";
 import { assertAccepted, assertRejected, QUEUE_ID } from "./helpers.ts";
 import { Sendmail } from "./sendmail.ts";
-import { freePort, writePolicy } from "../lib/milter-process.ts";
+import { freePort, ROOT, writePolicy } from "../lib/milter-process.ts";
+import { SENDMAIL_VERIFY_MACRO_LINE } from "../../src/policy/decide.ts";
 
 const T = { timeout: 30_000 };
 
@@ -56,7 +59,8 @@ const reject = (reason: string) => async (reply: Promise<import("./chain.ts").Sm
 const NOT_VERIFIED = reject("Untrusted x509 client certificate: the MTA did not verify it ({verify}=FAIL)");
 
 describe("the two Sendmail configurations", () => {
-  it("the mc line of README adds {verify} to Sendmail's HELO macros; the default has none", () => {
+  it("the mc line of README and of the WARNING adds {verify} to Sendmail's HELO macros; the default has none", () => {
+    assert.ok(readFileSync(join(ROOT, "README.md"), "utf8").includes(`    ${SENDMAIL_VERIFY_MACRO_LINE}\n`), "README gives the line");
     const helo = (s: Sendmail) => s.cf().split("\n").find((l) => l.startsWith("O Milter.macros.helo="));
     assert.equal(helo(env.configured), "O Milter.macros.helo={tls_version}, {cipher}, {cipher_bits}, {cert_subject}, {cert_issuer}, {verify}");
     assert.equal(helo(env.defaults), "O Milter.macros.helo={tls_version}, {cipher}, {cipher_bits}, {cert_subject}, {cert_issuer}");

@@ -19,19 +19,18 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { join } from "node:path";
 import { type Chain, connectable, exec, waitUntil } from "./chain.ts";
 import { freePort } from "../lib/milter-process.ts";
+import { SENDMAIL_VERIFY_MACRO_LINE } from "../../src/policy/decide.ts";
 
 /** Where scripts/sendmail-unpacked.sh leaves Debian's Sendmail. */
 export const SENDMAIL_ROOT = join(process.env.EXOTA_E2E_SENDMAIL ?? "/var/cache/exota-milter-e2e/sendmail", "root");
 const SENDMAIL = join(SENDMAIL_ROOT, "usr/libexec/sendmail/sendmail");
 const CF_DIR = join(SENDMAIL_ROOT, "usr/share/sendmail/cf");
 
-/** The line README tells a postmaster to add to sendmail.mc (tested here as written there). */
-export const VERIFY_MACRO_LINE = "define(`confMILTER_MACROS_HELO', confMILTER_MACROS_HELO`, {verify}')dnl";
 
 export interface SendmailOptions {
   /** A name for the instance's folder and log. */
   readonly name: string;
-  /** Add {verify} to the HELO macros with {@link VERIFY_MACRO_LINE}. */
+  /** Add {verify} to the HELO macros with the line exota-milter's WARNING and README give. */
   readonly verifyMacro: boolean;
   /** Route name -> milters in order, as Sendmail's InputMailFilters sockets ("opendkim" names the chain's OpenDKIM). */
   readonly routes: Record<string, readonly string[]>;
@@ -110,12 +109,12 @@ export class Sendmail {
       `define(\`confSERVER_KEY', \`${tls.server.key}')dnl`,
       // The chain's folder (OpenDKIM's socket) lives in /tmp, world-writable with the sticky bit.
       "define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit')dnl",
-      ...(opts.verifyMacro ? [VERIFY_MACRO_LINE] : []),
+      ...(opts.verifyMacro ? [SENDMAIL_VERIFY_MACRO_LINE] : []),
       "FEATURE(`nocanonify')dnl",
       "FEATURE(`promiscuous_relay')dnl",
       "FEATURE(`accept_unresolvable_domains')dnl",
       "FEATURE(`no_default_msa')dnl",
-      ...[...milters].map(([sock, name]) => `INPUT_MAIL_FILTER(\`${name}', \`S=${socketOf(sock)}, F=T, T=C:10s;S:30s;R:30s;E:1m')dnl`),
+      ...[...milters].map(([sock, name]) => `INPUT_MAIL_FILTER(\`${name}', \`S=${socketOf(sock)}, F=T, T=S:30s;R:30s;E:1m')dnl`),
       ...daemons,
       "MAILER(`local')dnl",
       "MAILER(`smtp')dnl",
