@@ -25,6 +25,7 @@ import {
   POLICY,
   RELAXED_TENANT,
   UNKNOWN_TENANT,
+  waitUntil,
 } from "./chain.ts";
 import { assertAccepted, assertRejected } from "./helpers.ts";
 import type { MilterProcess } from "../lib/milter-process.ts";
@@ -298,6 +299,8 @@ describe("exota-milter stopped", () => {
     const r = await chain.swaks("down", await validOnce());
     assert.ok(r.code >= 400 && r.code < 500, `expected 4xx, got: ${r.text}`);
     assert.equal(r.queueId, undefined);
-    assert.match(chain.postfixLog(), /postfix\/down\/smtpd\[\d+\]: NOQUEUE: milter-reject: CONNECT from localhost\[127\.0\.0\.1\]: 451 4\.7\.1/);
+    // postlogd writes the log line a moment after the reply: wait for it.
+    const refused = /postfix\/down\/smtpd\[\d+\]: NOQUEUE: milter-reject: CONNECT from localhost\[127\.0\.0\.1\]: 451 4\.7\.1/;
+    await waitUntil("Postfix to log the refusal", () => refused.test(chain.postfixLog()), 5000, 50).catch(() => assert.match(chain.postfixLog(), refused));
   });
 });
