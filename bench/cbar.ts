@@ -183,6 +183,17 @@ async function main(): Promise<number> {
         }
       }
     }
+    // The bar is only fair while both ask the MTA for the same: steps, no-reply flags, macros.
+    const negotiation = async (key: Key) => {
+      const p = Bun.spawn([miltload, "-s", sockets[key], "-n", "1", "--expect", "none"], { stdout: "pipe", stderr: "pipe" });
+      const [out] = await Promise.all([new Response(p.stdout).text(), p.exited]);
+      return /^negotiated: (.*)$/m.exec(out)?.[1] ?? "(none)";
+    };
+    const [ours, theirs] = [await negotiation("exota"), await negotiation("lean")];
+    if (ours !== theirs) {
+      throw new Error(`the C lean filter does not negotiate like exota-milter; bring bench/reference/lean-filter.c in step:\n  exota-milter: ${ours}\n  lean filter:  ${theirs}`);
+    }
+    log(`both negotiate ${ours}`);
     // A daemon runs for weeks: Bun's JIT compiles for ~8 s on a fresh process. The C filter needs nothing.
     log(`warming up exota-milter for ${args.warmup} s`);
     await drive("exota", 8, 10, ["-n", "0", "-d", String(args.warmup)]);
