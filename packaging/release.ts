@@ -14,7 +14,7 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { basename, join, relative } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 import { gzipSync } from "node:zlib";
 import { buildExecutable, DATE, MAN_PAGE, VERSION } from "../build.ts";
 
@@ -151,7 +151,11 @@ export function buildDeb(executable: string, arch: typeof ARCHES[number], outDir
   for (const script of ["postinst", "prerm", "postrm"]) {
     put(join(stage, "DEBIAN", script), readFileSync(join(HERE, "debian", script)), 0o755);
   }
-  for (const d of [stage, ...files(stage).map((f) => join(stage, f, ".."))]) chmodSync(d, 0o755);
+  // Every directory 0755, whatever the umask made of it.
+  for (const f of files(stage)) {
+    for (let d = dirname(f); d !== "."; d = dirname(d)) chmodSync(join(stage, d), 0o755);
+  }
+  chmodSync(stage, 0o755);
 
   const deb = join(outDir, debName(arch));
   // gzip -6: 53 MB. -9 takes twice as long for 0.3% less, xz -6 twelve times as long for 24% less.

@@ -44,7 +44,8 @@ const deb = (arch: string) => join(release.dir, `exota-milter_${release.debVersi
 describe("npm run release", () => {
   it("builds both executables, both Debian packages and SHA256SUMS over the four", { timeout: 900_000 }, () => {
     release.dir = join(scratchDir(), "release");
-    const r = run("npm", ["run", "--silent", "release", "--", "--out", release.dir], { cwd: ROOT, timeout: 900_000, env: { HOME: process.env.HOME ?? "/root" } });
+    // A strict umask must not leak into the packages' modes.
+    const r = run("sh", ["-c", 'umask 077 && exec npm run --silent release -- --out "$0"', release.dir], { cwd: ROOT, timeout: 900_000, env: { HOME: process.env.HOME ?? "/root" } });
     assert.equal(r.code, 0, r.all);
     const names = readdirSync(release.dir).sort();
     const m = /^exota-milter-(.+)-linux-x64$/.exec(names.find((n) => n.endsWith("-linux-x64")) ?? "");
@@ -117,6 +118,20 @@ describe("the release executables", () => {
 });
 
 describe("the Debian packages", () => {
+  it("hold root's files: directories 0755, files 0644, the executable 0755, the settings 0640", { timeout: 60_000 }, () => {
+    for (const arch of ["amd64", "arm64"]) {
+      const listing = run("dpkg-deb", ["--contents", deb(arch)]).out.trim().split("\n").map((l) => l.split(/\s+/));
+      const odd = listing.filter(([perms, owner, , , , path]) => {
+        const expected = perms!.startsWith("d")
+          ? "drwxr-xr-x"
+          : path === "./usr/sbin/exota-milter" ? "-rwxr-xr-x" : path!.startsWith("./etc/") ? "-rw-r-----" : "-rw-r--r--";
+        return perms !== expected || owner !== "root/root";
+      });
+      assert.deepEqual(odd, [], arch);
+      assert.ok(listing.length > 20, arch);
+    }
+  });
+
   it("lintian: no error and no warning but the ones the package explains (its lintian-overrides)", { timeout: 600_000 }, () => {
     const r = run("lintian", ["--fail-on", "error,warning", "--no-tag-display-limit", deb("amd64"), deb("arm64")], { timeout: 600_000 });
     assert.deepEqual(r.out.split("\n").filter((l) => /^[EW]: /.test(l)), []);
