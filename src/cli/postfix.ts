@@ -96,8 +96,7 @@ export async function readPostfixConfig(
 export function formatAudit(a: AuditResult): string[] {
   const out: string[] = [];
   for (const p of a.problems) {
-    const services = p.services.filter((s) => s !== "");
-    out.push(`problem: ${p.setting} = ${p.value}  (${p.where}${services.length > 0 ? `; smtpd service ${services.join(", ")}` : ""})`);
+    out.push(`problem: ${p.setting} = ${p.value}  (${p.where}${p.services.length > 0 ? `; smtpd service ${p.services.join(", ")}` : ""})`);
     out.push(`  why: ${p.why}`);
     out.push(`  write instead: ${p.fix}`);
   }

@@ -34,7 +34,7 @@ export interface Problem {
   /** Where its value comes from: "main.cf", "master.cf smtp/inet -o", ... */
   readonly where: string;
   readonly value: string;
-  /** The smtpd services ("name/type") it applies to. */
+  /** The smtpd services ("name/type") it applies to; none for a setting no smtpd reads. */
   readonly services: readonly string[];
   readonly why: string;
   /** The line to write instead. */
@@ -116,7 +116,7 @@ export function auditPostfix(conf: PostfixConfig, facts: MilterFacts): AuditResu
   const add = (id: string, v: Value, why: string, fix: string) => {
     const key = `${v.name}\0${v.where}\0${v.value}\0${why}`;
     const seen = problems.get(key);
-    if (seen === undefined) problems.set(key, { setting: v.name, where: v.where, value: v.value, services: [id], why, fix });
+    if (seen === undefined) problems.set(key, { setting: v.name, where: v.where, value: v.value, services: id === "" ? [] : [id], why, fix });
     else if (!seen.services.includes(id)) seen.services.push(id);
   };
   const ownSpelling = postfixSpelling(facts.socket);

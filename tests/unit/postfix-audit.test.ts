@@ -219,7 +219,7 @@ describe("the audit", () => {
 
   it("exota-milter only in non_smtpd_milters", () => {
     const p = auditPostfix(conf({ smtpd_milters: "inet:127.0.0.1:8891", non_smtpd_milters: "inet:127.0.0.1:4321" }), FACTS).problems;
-    assert.deepEqual(p.map((x) => [x.setting, x.fix]), [["non_smtpd_milters", "smtpd_milters = inet:127.0.0.1:8891, inet:127.0.0.1:4321"]]);
+    assert.deepEqual(p.map((x) => [x.setting, x.services, x.fix]), [["non_smtpd_milters", [], "smtpd_milters = inet:127.0.0.1:8891, inet:127.0.0.1:4321"]]);
   });
 
   it("no_milters in receive_override_options", () => {
