@@ -242,11 +242,12 @@ export function serveConnection(socket: MilterSocket, opts: ConnectionOptions): 
       if (closed) {
         // We closed, the MTA does not: do not keep the socket forever.
         if (now - closedAt > CLOSE_GRACE_MS) socket.terminate();
-      } else if (busy || unsent !== undefined) {
-        // Waiting for our policy backend or for the MTA to read our replies: not the MTA's delay.
+      } else if (busy) {
+        // Waiting for our policy backend: not the MTA's delay.
       } else if (now - lastRead >= opts.idleTimeoutMs) {
+        // Also while reading is paused: an MTA that does not read our replies for so long is gone.
         timeout("idle", `idle for ${opts.idleTimeoutMs / 1000} s`);
-      } else if (frameStart !== undefined && now - frameStart >= opts.idleTimeoutMs) {
+      } else if (unsent === undefined && frameStart !== undefined && now - frameStart >= opts.idleTimeoutMs) {
         // A byte now and then restarts the idle clock: a trickling client would hold its slot forever.
         timeout("frame", `frame not complete ${opts.idleTimeoutMs / 1000} s after its first byte`);
       } else if (messageStart !== undefined && now - messageStart >= opts.messageTimeoutMs) {
