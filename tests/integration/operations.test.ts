@@ -415,6 +415,27 @@ describe("check", () => {
     }
   });
 
+  it("a socket held by a running milter (the service itself, or its socket unit) is a note, not an error: check on a live relay passes", { timeout: 30_000 }, async () => {
+    const port = await freePort();
+    const unixSocket = join(scratchDir(), "live.sock");
+    for (const socket of [`inet:${port}@127.0.0.1`, `unix:${unixSocket}`]) {
+      const env = { MILTER_POLICY_FILE: policyFile(), MILTER_SOCKET: socket };
+      const live = await startMilter({ env });
+      try {
+        const c = await runMilter(["check"], env);
+        assert.equal(c.code, 0, c.output);
+        assert.ok(c.output.split("\n").some((l) => l.startsWith(`note: ${socket} is in use by a milter that answers`)), c.output);
+        assert.ok(!c.output.includes("error: "), c.output);
+        // The running milter still serves (check neither took nor removed its socket).
+        const client = await MilterClient.connect(socket.startsWith("unix:") ? { path: unixSocket } : { host: "127.0.0.1", port });
+        await client.negotiate(POSTFIX_OFFER);
+        client.end();
+      } finally {
+        await live.stop();
+      }
+    }
+  });
+
   it("warnings: a mistyped variable is named with the closest setting, by check (exit 0) and in the log at start", async () => {
     const env = { MILTER_POLICY_FILE: policyFile(), MILTER_DKIM_ENABLE: "true" };
     const r = await runMilter(["check"], env);
