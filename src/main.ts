@@ -47,7 +47,13 @@ async function checkTenants(config: Config, json: boolean): Promise<number> {
   return verifyTenants(entries, lookupOptions(config), json, print);
 }
 
-const r = loadConfig(process.argv.slice(2), process.env, process.getuid?.());
+let r: ReturnType<typeof loadConfig>;
+try {
+  r = loadConfig(process.argv.slice(2), process.env, process.getuid?.());
+} catch (e) {
+  // A runtime that grants access per variable (Deno) throws here, naming what it refused.
+  fail((e as Error).message);
+}
 if (!r.ok) fail(r.error);
 switch (r.command) {
   case "help":

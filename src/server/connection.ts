@@ -9,7 +9,7 @@ import type { Logger } from "@logtape/logtape";
 import { decodeCommand, encodeReplies, FrameReader } from "../milter/codec.ts";
 import { type Filter, MilterSession, type SessionOutput } from "../milter/session.ts";
 import type { Reply } from "../milter/types.ts";
-import type { MilterSocket, SocketEvents } from "./listen.ts";
+import type { MilterSocket, SocketEvents } from "./runtime-api.ts";
 
 export interface ConnectionOptions {
   readonly connId: string;

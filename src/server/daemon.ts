@@ -11,11 +11,13 @@ import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
 import { type DecisionRecord, ExotaFilter } from "../filter.ts";
 import { droppedLogLines, logger } from "../log.ts";
+import { accessNeeded, ACTIVATION_ENV } from "./access.ts";
 import { type ConnectionHandle, serveConnection } from "./connection.ts";
-import { inheritedFds, type Listener, listenOn, listenOnFd, type MilterSocket, type SocketEvents } from "./listen.ts";
+import { inheritedFds, type Listener, listenOn, listenOnFd } from "./listen.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
+import type { MilterSocket, SocketEvents } from "./runtime-api.ts";
 import { runtime } from "./runtime.ts";
 
 /** A log message is a template: braces in a text of ours ({verify}) or of a message must be doubled to stay as they are. */
@@ -54,6 +56,12 @@ export async function runDaemon(config: Config, version: string, fail: (message:
     ldap: () => (policy instanceof LdapPolicyProvider ? policy.backend.stats : undefined),
     logLinesDropped: droppedLogLines,
   });
+
+  // A runtime that grants access per resource (Deno) says now what it would refuse later.
+  const envRefused = runtime.refused(ACTIVATION_ENV);
+  const fds = envRefused.length === 0 ? inheritedFds(process.env, process.pid) : [];
+  const refused = [...envRefused, ...runtime.refused(accessNeeded(config, fds.length > 0))];
+  if (refused.length > 0) fail(`${runtime.name} refuses what this configuration needs; grant it with ${refused.join(", ")}`);
 
   const opened = await openPolicy(config, logger("policy"), (r) => metrics.reloaded(r.ok), true);
   if (typeof opened === "string") fail(`policy: ${opened}`);
@@ -115,7 +123,6 @@ export async function runDaemon(config: Config, version: string, fail: (message:
 
   const listeners: Listener[] = [];
   try {
-    const fds = inheritedFds(process.env, process.pid);
     if (fds.length > 0) {
       for (const { fd, name } of fds) listeners.push(await listenOnFd(fd, name, onConnection));
     } else {

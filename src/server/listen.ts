@@ -1,11 +1,12 @@
 /**
  * Listening sockets: TCP, unix (a stale socket file is replaced, the mode
  * set) and sockets inherited from systemd (LISTEN_FDS), which win. The
- * runtime's own sockets do the work (runtime.ts); this module knows no
- * runtime.
+ * runtime's own sockets do the work (runtime.ts); this module does not know
+ * which runtime runs.
  * @module
  */
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import type { ConnectionHandler } from "./runtime-api.ts";
 import { runtime } from "./runtime.ts";
 import { formatSocketSpec, type SocketSpec } from "./socket-spec.ts";
 
@@ -17,36 +18,6 @@ export interface Listener {
   /** Stops accepting; open connections stay. */
   close(): void;
 }
-
-/** What a milter connection needs of its socket (a subset of Bun's Socket). */
-export interface MilterSocket {
-  /** Writes what the kernel takes now: the byte count, -1 when closed. */
-  write(data: Uint8Array): number;
-  /** Closes gracefully (FIN) once written bytes are sent. */
-  end(): void;
-  /** Closes at once (RST). */
-  terminate(): void;
-  /** Stops / restarts reading from the peer. */
-  pause(): void;
-  resume(): void;
-  /** The peer's IP address; undefined on a unix socket. */
-  readonly remoteAddress: string | undefined;
-}
-
-/** Socket events, delivered to what the connection handler returned. */
-export interface SocketEvents {
-  data(chunk: Uint8Array): void;
-  /** The kernel takes bytes again after a partial write. */
-  writable(): void;
-  close(): void;
-  error(e: Error): void;
-}
-
-/**
- * Called for each accepted socket; `tcp` is false for unix sockets. Returns
- * the receiver of the socket's events, or undefined after closing it.
- */
-export type ConnectionHandler = (socket: MilterSocket, listener: string, tcp: boolean) => SocketEvents | undefined;
 
 /** "Failed to listen at HOST EADDRINUSE" -> with the code spelt out. */
 function listenError(e: unknown, where: string): Error {

@@ -1,13 +1,12 @@
 /**
- * The Bun adapter of the runtime seam (runtime.ts).
+ * The Bun adapter of the runtime seam (runtime-api.ts).
  *
  * Bun.listen rather than node:net: ~30% less CPU per request and a lighter
  * socket object per connection (DESIGN.md section 6). Its `write` may take
  * only part of the bytes; the connection queues the rest until `drain`.
  * @module
  */
-import type { ConnectionHandler, MilterSocket, SocketEvents } from "./listen.ts";
-import type { Runtime } from "./runtime.ts";
+import type { ConnectionHandler, MilterSocket, Runtime, SocketEvents } from "./runtime-api.ts";
 
 type Handler = import("bun").SocketHandler<SocketEvents | undefined>;
 
@@ -76,4 +75,7 @@ export const bunRuntime: Runtime = {
   collectGarbage() {
     Bun.gc(true);
   },
+
+  // Bun grants a program everything its user may do.
+  refused: () => [],
 };
