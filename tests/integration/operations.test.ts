@@ -748,7 +748,11 @@ describe("explain", () => {
 
     const r2 = await runMilter(["explain", "--message", dir], env());
     assert.equal(r2.code, 1);
-    assert.equal(r2.output, `exota-milter: cannot read message file ${dir}: EISDIR: illegal operation on a directory, read\n`);
+    // Bun's node:fs fails at read(2), Deno's at open(2), and says so.
+    assert.ok(
+      [`read\n`, `open '${dir}'\n`].some((end) => r2.output === `exota-milter: cannot read message file ${dir}: EISDIR: illegal operation on a directory, ${end}`),
+      r2.output,
+    );
   });
 
   it("--message missing, or given to another command: exit 1", async () => {

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { existsSync, lstatSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect as netConnect, createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -20,8 +20,8 @@ import {
   startTcpMilter,
   TRUSTED_AUTHSERVID,
 } from "../lib/fixtures.ts";
-import { MilterClient, type Target } from "../lib/milter-client.ts";
-import { BINARY, freePort, type MilterProcess, ROOT, runMilter, startMilter } from "../lib/milter-process.ts";
+import { MilterClient, rawFrame, type Target } from "../lib/milter-client.ts";
+import { freePort, MILTER_COMMAND, type MilterProcess, ROOT, runMilter, startMilter } from "../lib/milter-process.ts";
 
 after(removeScratch);
 
@@ -203,7 +203,7 @@ describe("systemd socket activation (LISTEN_FDS)", () => {
     ignoredPort = await freePort();
     path = join(scratchDir(), "activated.sock");
     proc = await startMilter({
-      command: ["python3", join(ROOT, "tests/lib/socket-activate.py"), "--tcp", `tcp=127.0.0.1:${port}`, "--unix", `unix=${path}`, "--", BINARY],
+      command: ["python3", join(ROOT, "tests/lib/socket-activate.py"), "--tcp", `tcp=127.0.0.1:${port}`, "--unix", `unix=${path}`, "--", ...MILTER_COMMAND],
       env: { ...ENV, MILTER_SOCKET: `inet:${ignoredPort}@127.0.0.1` },
     });
   });
@@ -231,6 +231,60 @@ describe("systemd socket activation (LISTEN_FDS)", () => {
       await acceptAndReject({ host: "127.0.0.1", port: own });
     } finally {
       await p.stop();
+    }
+  });
+});
+
+describe("back-pressure: an MTA that does not read the replies", () => {
+  let proc: MilterProcess;
+  let path: string;
+  before(async () => {
+    path = join(scratchDir(), "unread.sock");
+    proc = await startMilter({ env: { ...ENV, MILTER_SOCKET: `unix:${path}` } });
+  });
+  after(() => proc?.stop());
+
+  it("the milter stops reading until the replies are taken, serves others meanwhile, and loses no reply", async () => {
+    // Offering no protocol flags, every HELO gets a reply: 5 bytes per 7 bytes sent, far more
+    // replies than the socket buffers hold (a unix socket's: ~200 KB each way).
+    const helos = 200_000;
+    const optneg = new Uint8Array(12);
+    new DataView(optneg.buffer).setUint32(0, 6);
+    new DataView(optneg.buffer).setUint32(4, 0x1ff);
+    const helo = rawFrame(0x48, new TextEncoder().encode("x\0"));
+    const flood = new Uint8Array(17 + helos * helo.length);
+    flood.set(rawFrame(0x4f, optneg));
+    for (let i = 0; i < helos; i++) flood.set(helo, 17 + i * helo.length);
+
+    const s = netConnect({ path });
+    try {
+      s.pause();
+      await new Promise<void>((res, rej) => s.once("connect", res).once("error", rej));
+      s.write(flood);
+      // Wait until the milter takes no more.
+      const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+      for (let last = -1, same = 0; same < 3; await sleep(100)) {
+        same = s.writableLength === last ? same + 1 : 0;
+        last = s.writableLength;
+      }
+      assert.ok(s.writableLength > 0, "the milter read everything although its replies were not taken");
+      await acceptAndReject({ path });
+
+      let all = Buffer.alloc(0);
+      s.on("data", (d: Buffer) => (all = Buffer.concat([all, d])));
+      s.resume();
+      // The optneg reply (its length in its first 4 bytes), then one CONTINUE per HELO.
+      const expected = () => (all.length < 4 ? Infinity : 4 + all.readUInt32BE(0) + helos * 5);
+      for (let waited = 0; all.length < expected() && waited < 20_000; waited += 50) await sleep(50);
+      await sleep(100); // nothing more comes
+      assert.equal(all.length, expected());
+      assert.equal(all[4], 0x4f, "first the optneg reply");
+      const cont = Buffer.from(rawFrame(0x63));
+      for (let at = 4 + all.readUInt32BE(0), n = 0; at < all.length; at += 5, n++) {
+        if (!all.subarray(at, at + 5).equals(cont)) assert.fail(`reply ${n} is not CONTINUE`);
+      }
+    } finally {
+      s.destroy();
     }
   });
 });

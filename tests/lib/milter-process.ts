@@ -1,6 +1,7 @@
 /**
- * Starts the compiled dist/exota-milter for integration tests and stops it
- * again (by its own PID only).
+ * Starts the milter for integration tests and stops it again (by its own PID
+ * only): the compiled dist/exota-milter, or with EXOTA_MILTER_RUNTIME=deno
+ * `deno run` of the sources.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -11,6 +12,31 @@ import { join, resolve } from "node:path";
 export const ROOT = resolve(import.meta.dirname, "../..");
 /** The binary under test; EXOTA_MILTER_BINARY points elsewhere (e.g. a build of a mutated tree). */
 export const BINARY = process.env.EXOTA_MILTER_BINARY ?? join(ROOT, "dist/exota-milter");
+
+/** The runtime under test: the compiled Bun executable, or Deno running the sources. */
+export const RUNTIME: "bun" | "deno" = process.env.EXOTA_MILTER_RUNTIME === "deno" ? "deno" : "bun";
+
+/** README's --allow-env for Deno: every variable the milter reads. */
+export const DENO_ALLOW_ENV = "--allow-env=MILTER_*,LOG_LEVEL,LOG_FORMAT,JOURNAL_STREAM,LISTEN_FDS,LISTEN_PID,LISTEN_FDNAMES";
+
+/** `deno run` of the sources with these permission flags; the milter's arguments follow. */
+export const denoCommand = (permissions: readonly string[]): string[] => [
+  join(ROOT, "node_modules/.bin/deno"),
+  "run",
+  "--no-prompt",
+  ...permissions,
+  join(ROOT, "src/main.ts"),
+];
+
+/**
+ * What runs the milter; its arguments follow. Under Deno with README's env
+ * flag, and net and read for any address and file, since the tests pick
+ * ports and temporary files (tests/integration/deno.test.ts tries the
+ * narrow flags).
+ */
+export const MILTER_COMMAND: readonly string[] = RUNTIME === "deno"
+  ? denoCommand([DENO_ALLOW_ENV, "--allow-net", "--allow-read", `--allow-write=${tmpdir()}`])
+  : [BINARY];
 
 export interface MilterProcess {
   readonly child: ChildProcess;
@@ -77,7 +103,7 @@ export async function freePort(): Promise<number> {
 }
 
 export async function startMilter(opts: StartOptions = {}): Promise<MilterProcess> {
-  const cmd = opts.command ?? [BINARY];
+  const cmd = opts.command ?? MILTER_COMMAND;
   const child = spawn(cmd[0]!, [...cmd.slice(1), ...(opts.args ?? [])], {
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -137,10 +163,14 @@ export async function startMilter(opts: StartOptions = {}): Promise<MilterProces
   return proc;
 }
 
-/** Runs the binary to completion (for start-up errors, --help, --version). */
-export function runMilter(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
+/** Runs the milter to completion (for start-up errors, --help, --version). */
+export function runMilter(
+  args: readonly string[],
+  env: Record<string, string> = {},
+  command = MILTER_COMMAND,
+): Promise<{ code: number | null; output: string }> {
   return new Promise((res) => {
-    const child = spawn(BINARY, [...args], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(command[0]!, [...command.slice(1), ...args], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));

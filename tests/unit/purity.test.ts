@@ -46,19 +46,29 @@ function specifiers(src: string): string[] {
   return out;
 }
 
+const isBunModule = (spec: string) => spec === "bun" || spec.startsWith("bun:");
+
+/** Uses of Bun's or Deno's own API, which only the runtime adapters (src/server/runtime-*.ts) may make. */
+function runtimeApiUses(src: string): string[] {
+  const uses = specifiers(src).filter(isBunModule).map((spec) => `imports ${spec}`);
+  const code = stripComments(src);
+  if (/\bDeno\s*\./.test(code)) uses.push("uses Deno.");
+  if (/\bBun\s*\./.test(code)) uses.push("uses Bun.");
+  return uses;
+}
+
 /** Problems of one source text; empty when pure. */
 function impurities(src: string): string[] {
   const problems: string[] = [];
   for (const spec of specifiers(src)) {
+    if (isBunModule(spec)) continue; // runtimeApiUses
     if (spec.startsWith("node:")) problems.push(`imports ${spec}`);
-    else if (spec === "bun" || spec.startsWith("bun:")) problems.push(`imports ${spec}`);
     else if (spec.startsWith("npm:") || spec.startsWith("jsr:")) problems.push(`imports ${spec}`);
     else if (!spec.startsWith("./") && !spec.startsWith("../") && !ALLOWED_PACKAGES.has(spec)) problems.push(`imports package ${spec}`);
   }
+  problems.push(...runtimeApiUses(src));
   const code = stripComments(src);
   for (const [re, what] of [
-    [/\bDeno\s*\./, "uses Deno."],
-    [/\bBun\s*\./, "uses Bun."],
     [/\bglobalThis\s*(?:\.\s*|\[\s*["'])(?:Deno|Bun|process)\b/, "uses a runtime via globalThis"],
     [/(?<![.\w])process\s*\./, "uses process."],
     [/\brequire\s*\(/, "uses require()"],
@@ -101,5 +111,24 @@ describe("pure modules", () => {
     // Comments and lookalikes do not count.
     assert.deepEqual(impurities("// Deno.listen has no fd option\n/* Bun.listen */ const u = `http://${d}/`;"), []);
     assert.deepEqual(impurities('import { x } from "./a.ts";\nimport * as v from "valibot";\nconst p = this.process.x;'), []);
+  });
+});
+
+/** Every .ts file under src/, relative to it. */
+function sourceFiles(dir = ""): string[] {
+  return readdirSync(new URL(dir, SRC), { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sourceFiles(`${dir}${e.name}/`) : e.name.endsWith(".ts") ? [`${dir}${e.name}`] : []
+  );
+}
+
+/** The adapters of the runtime seam, and the Deno declarations tsc checks one of them against. */
+const ADAPTERS = new Set(["server/runtime-bun.ts", "server/runtime-deno.ts", "server/deno-api.d.ts"]);
+
+describe("the runtime seam", () => {
+  it("outside the runtime adapters, no module uses Bun's or Deno's own API", () => {
+    const files = sourceFiles();
+    assert.ok(files.includes("main.ts") && files.includes("server/daemon.ts"));
+    const uses = files.filter((f) => !ADAPTERS.has(f)).flatMap((f) => runtimeApiUses(readFileSync(new URL(f, SRC), "utf8")).map((u) => `${f} ${u}`));
+    assert.deepEqual(uses, []);
   });
 });
