@@ -13,6 +13,7 @@ import { type Config, helpText, loadConfig } from "./config.ts";
 import { flushLogs, logger, setupLogging } from "./log.ts";
 import { runDaemon } from "./server/daemon.ts";
 import { openPolicy } from "./server/policy-provider.ts";
+import { runtime } from "./server/runtime.ts";
 
 // Set by build.ts (--define); running from source says so.
 declare const EXOTA_VERSION: string | undefined;
@@ -21,9 +22,7 @@ declare const EXOTA_BUN_VERSION: string | undefined;
 declare const EXOTA_DATE: string | undefined;
 const VERSION = typeof EXOTA_VERSION === "string" ? EXOTA_VERSION : `${pkg.version}-dev`;
 const TARGET = typeof EXOTA_TARGET === "string" ? EXOTA_TARGET : "source";
-const RUNTIME = typeof EXOTA_BUN_VERSION === "string"
-  ? `Bun ${EXOTA_BUN_VERSION}`
-  : process.versions.bun !== undefined ? `Bun ${process.versions.bun}` : `Deno ${process.versions.deno}`;
+const RUNTIME = typeof EXOTA_BUN_VERSION === "string" ? `Bun ${EXOTA_BUN_VERSION}` : runtime.name;
 
 function fail(message: string): never {
   flushLogs();

@@ -56,7 +56,7 @@ export interface Access {
 }
 
 export interface Runtime {
-  /** "bun 1.4.5", for logs. */
+  /** "Bun 1.4.5", for messages. */
   readonly name: string;
   /**
    * Listens on TCP. Accepted sockets send each write at once (TCP_NODELAY):

@@ -36,7 +36,7 @@ function handler(name: string, onConnection: ConnectionHandler): Handler {
 
 export const bunRuntime: Runtime = {
   get name() {
-    return `bun ${Bun.version}`;
+    return `Bun ${Bun.version}`;
   },
 
   listenTcp(hostname, port, ipv6Only, name, onConnection) {

@@ -233,7 +233,7 @@ function refused(needs: readonly Access[]): string[] {
 
 export const denoRuntime: Runtime = {
   get name() {
-    return `deno ${Deno.version.deno}`;
+    return `Deno ${Deno.version.deno}`;
   },
 
   listenTcp(hostname, port, ipv6Only, name, onConnection) {

@@ -27,7 +27,7 @@ import {
   dkimPass,
 } from "../lib/fixtures.ts";
 import { MilterClient, rawFrame } from "../lib/milter-client.ts";
-import { runMilter } from "../lib/milter-process.ts";
+import { runMilter, RUNTIME } from "../lib/milter-process.ts";
 import pkg from "../../package.json" with { type: "json" };
 
 const ENV = {
@@ -375,16 +375,22 @@ describe("start-up errors and the command line", () => {
     assert.match(r.output, /--bogus.*\(see --help\)/);
   });
 
-  it("--version and -V print the version, the build target and the Bun version, and exit 0", async () => {
+  it("--version and -V print the version, the build target and the runtime, and exit 0", async () => {
     for (const flag of ["--version", "-V"]) {
       const r = await runMilter([flag], {});
       assert.equal(r.code, 0, flag);
-      const m = /^exota-milter (\S+) \((\S+), Bun (\S+)\)\n$/.exec(r.output);
+      const m = /^exota-milter (\S+) \((\S+), (Bun|Deno) (\S+)\)\n$/.exec(r.output);
       assert.ok(m, r.output);
+      if (RUNTIME === "deno") {
+        // The sources, unbuilt, say so.
+        assert.deepEqual(m.slice(1, 4), [`${pkg.version}-dev`, "source", "Deno"], flag);
+        assert.match(m[4]!, /^\d+\.\d+\.\d+/, flag);
+        continue;
+      }
       // build.ts: package.json's version, and the commit when it is not the release's tag.
       assert.match(m[1]!, new RegExp(`^${pkg.version.replaceAll(".", "\\.")}(\\+g[0-9a-f]{10}(\\.dirty)?)?$`), flag);
       assert.equal(m[2], `bun-${process.platform}-${process.arch}`, flag);
-      assert.equal(m[3], process.versions.bun, flag);
+      assert.deepEqual(m.slice(3), ["Bun", process.versions.bun], flag);
     }
   });
 

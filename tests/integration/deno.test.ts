@@ -75,7 +75,7 @@ describe("Deno with a permission missing: exit 1 at start, naming the flag", DEN
     const port = await freePort();
     const r = await runMilter([], { MILTER_POLICY_FILE: file, MILTER_SOCKET: `inet:${port}@127.0.0.1` }, denoCommand([DENO_ALLOW_ENV, `--allow-read=${dirOf(file)}`]));
     assert.equal(r.code, 1);
-    assert.match(r.output, new RegExp(`^exota-milter: deno \\S+ refuses what this configuration needs; grant it with --allow-net=127\\.0\\.0\\.1:${port} \\(MILTER_SOCKET\\)\\n$`));
+    assert.match(r.output, new RegExp(`^exota-milter: Deno \\S+ refuses what this configuration needs; grant it with --allow-net=127\\.0\\.0\\.1:${port} \\(MILTER_SOCKET\\)\\n$`));
   });
 
   it("--allow-read of the file only, while the file is watched: its directory is named", async () => {

@@ -54,6 +54,7 @@ function runtimeApiUses(src: string): string[] {
   const code = stripComments(src);
   if (/\bDeno\s*\./.test(code)) uses.push("uses Deno.");
   if (/\bBun\s*\./.test(code)) uses.push("uses Bun.");
+  if (/\bversions\s*\.\s*(?:bun|deno)\b/.test(code)) uses.push("asks process.versions which runtime runs");
   return uses;
 }
 
@@ -105,6 +106,7 @@ describe("pure modules", () => {
     assert.deepEqual(impurities('import {\n  a,\n  b,\n} from "node:net";'), ["imports node:net"]);
     assert.deepEqual(impurities("const t = Deno.readTextFileSync(p);"), ["uses Deno."]);
     assert.deepEqual(impurities("Bun.write(p, s);"), ["uses Bun."]);
+    assert.deepEqual(runtimeApiUses("const b = process.versions.bun;"), ["asks process.versions which runtime runs"]);
     assert.deepEqual(impurities("const e = process.env.X;"), ["uses process."]);
     assert.deepEqual(impurities('const d = globalThis["Deno"];'), ["uses a runtime via globalThis"]);
     assert.deepEqual(impurities('const fs = require("fs");'), ["imports package fs", "uses require()"]);
