@@ -426,7 +426,14 @@ function configWarnings(
   const out: string[] = [];
   if (uid === 0) out.push("running as root: run exota-milter as a user of its own (the systemd unit does)");
   const known = Object.values(SETTINGS).map((s) => s.env);
-  for (const name of Object.keys(env).filter((n) => n.startsWith("MILTER_") && !known.includes(n)).sort()) {
+  let names: string[] = [];
+  try {
+    names = Object.keys(env);
+  } catch {
+    // Deno lists the environment only to a program that may read all of it.
+    out.push("the names in the environment are not readable (Deno grants them only with a plain --allow-env): a mistyped MILTER_ variable goes unnoticed");
+  }
+  for (const name of names.filter((n) => n.startsWith("MILTER_") && !known.includes(n)).sort()) {
     const closest = known.reduce((a, b) => (distance(name, b) < distance(name, a) ? b : a));
     out.push(`${name} is not a setting and is ignored; did you mean ${closest}?`);
   }

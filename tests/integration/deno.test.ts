@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { accepted, message, policyFile, rejected, removeScratch, scratchDir } from "../lib/fixtures.ts";
 import { MilterClient, type Target } from "../lib/milter-client.ts";
-import { DENO_ALLOW_ENV, denoCommand, freePort, RUNTIME, runMilter, startMilter } from "../lib/milter-process.ts";
+import { DENO_ALLOW_ENV, DENO_ALLOW_UID, denoCommand, freePort, RUNTIME, runMilter, startMilter } from "../lib/milter-process.ts";
 
 after(removeScratch);
 
@@ -36,11 +36,13 @@ describe("Deno with README's narrow permission flags", DENO_ONLY, () => {
     const file = policyFile();
     const port = await freePort();
     const proc = await startMilter({
-      command: denoCommand([DENO_ALLOW_ENV, `--allow-read=${dirOf(file)}`, `--allow-net=127.0.0.1:${port}`]),
+      command: denoCommand([DENO_ALLOW_ENV, DENO_ALLOW_UID, `--allow-read=${dirOf(file)}`, `--allow-net=127.0.0.1:${port}`]),
       env: { MILTER_POLICY_FILE: file, MILTER_SOCKET: `inet:${port}@127.0.0.1` },
     });
     try {
       await serves({ host: "127.0.0.1", port });
+      // Deno lists the environment only with a plain --allow-env.
+      assert.match(proc.log(), /WARNING .*the names in the environment are not readable .*a mistyped MILTER_ variable goes unnoticed/);
     } finally {
       assert.equal(await proc.stop(), 0);
     }
@@ -53,6 +55,7 @@ describe("Deno with README's narrow permission flags", DENO_ONLY, () => {
     const proc = await startMilter({
       command: denoCommand([
         DENO_ALLOW_ENV,
+        DENO_ALLOW_UID,
         `--allow-read=${dirOf(file)},${path}`,
         `--allow-write=${path}`,
         `--allow-net=unix:${path},127.0.0.1:${metrics}`,
@@ -73,22 +76,28 @@ describe("Deno with a permission missing: exit 1 at start, naming the flag", DEN
   it("no --allow-net for the socket", async () => {
     const file = policyFile();
     const port = await freePort();
-    const r = await runMilter([], { MILTER_POLICY_FILE: file, MILTER_SOCKET: `inet:${port}@127.0.0.1` }, denoCommand([DENO_ALLOW_ENV, `--allow-read=${dirOf(file)}`]));
+    const r = await runMilter([], { MILTER_POLICY_FILE: file, MILTER_SOCKET: `inet:${port}@127.0.0.1` }, denoCommand([DENO_ALLOW_ENV, DENO_ALLOW_UID, `--allow-read=${dirOf(file)}`]));
     assert.equal(r.code, 1);
     assert.match(r.output, new RegExp(`^exota-milter: Deno \\S+ refuses what this configuration needs; grant it with --allow-net=127\\.0\\.0\\.1:${port} \\(MILTER_SOCKET\\)\\n$`));
   });
 
   it("--allow-read of the file only, while the file is watched: its directory is named", async () => {
     const file = policyFile();
-    const r = await runMilter([], { MILTER_POLICY_FILE: file, MILTER_SOCKET: `inet:${await freePort()}@127.0.0.1` }, denoCommand([DENO_ALLOW_ENV, `--allow-read=${file}`, "--allow-net"]));
+    const r = await runMilter([], { MILTER_POLICY_FILE: file, MILTER_SOCKET: `inet:${await freePort()}@127.0.0.1` }, denoCommand([DENO_ALLOW_ENV, DENO_ALLOW_UID, `--allow-read=${file}`, "--allow-net"]));
     assert.equal(r.code, 1);
     assert.match(r.output, new RegExp(`grant it with --allow-read=${dirOf(file)} \\(MILTER_POLICY_WATCH watches the directory\\)\\n$`));
   });
 
   it("--allow-env without LOG_FORMAT: the variable is named, nothing else happens", async () => {
-    const r = await runMilter([], { MILTER_POLICY_FILE: policyFile() }, denoCommand(["--allow-env=MILTER_*,LOG_LEVEL", "--allow-read", "--allow-net"]));
+    const r = await runMilter([], { MILTER_POLICY_FILE: policyFile() }, denoCommand(["--allow-env=MILTER_*,LOG_LEVEL", DENO_ALLOW_UID, "--allow-read", "--allow-net"]));
     assert.equal(r.code, 1);
     assert.equal(r.output, 'exota-milter: Requires env access to "LOG_FORMAT", run again with the --allow-env flag\n');
+  });
+
+  it("no --allow-sys=uid (to warn about root): named", async () => {
+    const r = await runMilter([], { MILTER_POLICY_FILE: policyFile() }, denoCommand([DENO_ALLOW_ENV, "--allow-read", "--allow-net"]));
+    assert.equal(r.code, 1);
+    assert.equal(r.output, 'exota-milter: Requires sys access to "uid", run again with the --allow-sys flag\n');
   });
 });
 

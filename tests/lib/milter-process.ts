@@ -16,8 +16,10 @@ export const BINARY = process.env.EXOTA_MILTER_BINARY ?? join(ROOT, "dist/exota-
 /** The runtime under test: the compiled Bun executable, or Deno running the sources. */
 export const RUNTIME: "bun" | "deno" = process.env.EXOTA_MILTER_RUNTIME === "deno" ? "deno" : "bun";
 
-/** README's --allow-env for Deno: every variable the milter reads. */
+/** README's narrow --allow-env for Deno: every variable the milter reads. */
 export const DENO_ALLOW_ENV = "--allow-env=MILTER_*,LOG_LEVEL,LOG_FORMAT,JOURNAL_STREAM,LISTEN_FDS,LISTEN_PID,LISTEN_FDNAMES";
+/** Whether it runs as root (a start-up warning). */
+export const DENO_ALLOW_UID = "--allow-sys=uid";
 
 /** `deno run` of the sources with these permission flags; the milter's arguments follow. */
 export const denoCommand = (permissions: readonly string[]): string[] => [
@@ -29,13 +31,13 @@ export const denoCommand = (permissions: readonly string[]): string[] => [
 ];
 
 /**
- * What runs the milter; its arguments follow. Under Deno with README's env
- * flag, and net and read for any address and file, since the tests pick
- * ports and temporary files (tests/integration/deno.test.ts tries the
- * narrow flags).
+ * What runs the milter; its arguments follow. Under Deno with the whole
+ * environment (so that mistyped MILTER_ names are found, as under Bun), and
+ * net and read for any address and file, since the tests pick ports and
+ * temporary files (tests/integration/deno.test.ts tries the narrow flags).
  */
 export const MILTER_COMMAND: readonly string[] = RUNTIME === "deno"
-  ? denoCommand([DENO_ALLOW_ENV, "--allow-net", "--allow-read", `--allow-write=${tmpdir()}`])
+  ? denoCommand(["--allow-env", DENO_ALLOW_UID, "--allow-net", "--allow-read", `--allow-write=${tmpdir()}`])
   : [BINARY];
 
 export interface MilterProcess {
