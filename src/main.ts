@@ -46,54 +46,63 @@ async function checkTenants(config: Config, json: boolean): Promise<number> {
   return verifyTenants(entries, lookupOptions(config), json, print);
 }
 
+/** Access a runtime granting it per resource (Deno) refused ends the command with its message, which names the flag. */
+function refusal(e: unknown): never {
+  if (runtime.isRefusal(e)) fail((e as Error).message);
+  throw e;
+}
+
 let r: ReturnType<typeof loadConfig>;
 try {
   r = loadConfig(process.argv.slice(2), process.env, process.getuid?.());
 } catch (e) {
-  // A runtime that grants access per variable (Deno) throws here, naming what it refused.
-  fail((e as Error).message);
+  refusal(e);
 }
 if (!r.ok) fail(r.error);
-switch (r.command) {
-  case "help":
-    print(helpText("exota-milter"));
-    break;
-  case "version":
-    print(`exota-milter ${VERSION} (${TARGET}, ${RUNTIME})`);
-    break;
-  case "man": {
-    const { manPage } = await import("./cli/manpage.ts");
-    process.stdout.write(manPage(VERSION, typeof EXOTA_DATE === "string" ? EXOTA_DATE : new Date().toISOString().slice(0, 10)));
-    break;
-  }
-  case "run":
-    setupLogging(r.config.name, r.config.logLevel, r.config.logFormat);
-    await runDaemon(r.config, VERSION, fail);
-    break;
-  case "tenant-id": {
-    // Loaded only here: the daemon's start-up does not pay for the commands' modules.
-    const { tenantIdCommand } = await import("./cli/tenant-id.ts");
-    process.exit(await tenantIdCommand(r.domains, lookupOptions(r.config), r.json, print));
-    break;
-  }
-  case "check":
-    if (r.check.postfix !== undefined || r.check.verifyTenants) {
+try {
+  switch (r.command) {
+    case "help":
+      print(helpText("exota-milter"));
+      break;
+    case "version":
+      print(`exota-milter ${VERSION} (${TARGET}, ${RUNTIME})`);
+      break;
+    case "man": {
+      const { manPage } = await import("./cli/manpage.ts");
+      process.stdout.write(manPage(VERSION, typeof EXOTA_DATE === "string" ? EXOTA_DATE : new Date().toISOString().slice(0, 10)));
+      break;
+    }
+    case "run":
+      setupLogging(r.config.name, r.config.logLevel, r.config.logFormat);
+      await runDaemon(r.config, VERSION, fail);
+      break;
+    case "tenant-id": {
+      // Loaded only here: the daemon's start-up does not pay for the commands' modules.
+      const { tenantIdCommand } = await import("./cli/tenant-id.ts");
+      process.exit(await tenantIdCommand(r.domains, lookupOptions(r.config), r.json, print));
+      break;
+    }
+    case "check":
+      if (r.check.postfix !== undefined || r.check.verifyTenants) {
+        setupLogging(r.config.name, "warning", r.config.logFormat);
+        let code = 0;
+        if (r.check.postfix !== undefined) code = await (await import("./cli/postfix.ts")).checkPostfix(r.config, r.check.postfix.dir, r.check.json, print);
+        if (r.check.verifyTenants) code = Math.max(code, await checkTenants(r.config, r.check.json));
+        process.exit(code);
+      }
+    // falls through: the plain check of configuration and policy
+    case "explain": {
+      // Only problems go to the log here; the answer goes to standard output.
       setupLogging(r.config.name, "warning", r.config.logFormat);
-      let code = 0;
-      if (r.check.postfix !== undefined) code = await (await import("./cli/postfix.ts")).checkPostfix(r.config, r.check.postfix.dir, r.check.json, print);
-      if (r.check.verifyTenants) code = Math.max(code, await checkTenants(r.config, r.check.json));
+      const policy = await openPolicy(r.config, logger("policy"));
+      if (typeof policy === "string") fail(`policy: ${policy}`);
+      const code = r.command === "explain"
+        ? await explain(r.config, r.explain, policy.lookup(), print).catch((e: Error) => fail(e.message))
+        : await check(r.config, policy, print);
+      await policy.close();
       process.exit(code);
     }
-  // falls through: the plain check of configuration and policy
-  case "explain": {
-    // Only problems go to the log here; the answer goes to standard output.
-    setupLogging(r.config.name, "warning", r.config.logFormat);
-    const policy = await openPolicy(r.config, logger("policy"));
-    if (typeof policy === "string") fail(`policy: ${policy}`);
-    const code = r.command === "explain"
-      ? await explain(r.config, r.explain, policy.lookup(), print).catch((e: Error) => fail(e.message))
-      : await check(r.config, policy, print);
-    await policy.close();
-    process.exit(code);
   }
+} catch (e) {
+  refusal(e);
 }

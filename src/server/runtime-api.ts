@@ -71,6 +71,8 @@ export interface Runtime {
   unixInUse(path: string): Promise<boolean>;
   /** Collects garbage now, where the runtime lets a program ask for it. */
   collectGarbage(): void;
+  /** Whether `e` is the runtime refusing access it was not granted (its message names the flag). */
+  isRefusal(e: unknown): boolean;
   /** Of `needs`, what the runtime would refuse, each as the flag that grants it and why. */
   refused(needs: readonly Access[]): string[];
 }

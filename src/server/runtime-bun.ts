@@ -77,5 +77,6 @@ export const bunRuntime: Runtime = {
   },
 
   // Bun grants a program everything its user may do.
+  isRefusal: () => false,
   refused: () => [],
 };

@@ -267,5 +267,6 @@ export const denoRuntime: Runtime = {
     (globalThis as { gc?: () => void }).gc?.();
   },
 
+  isRefusal: (e) => e instanceof Deno.errors.NotCapable,
   refused,
 };
