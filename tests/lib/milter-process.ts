@@ -161,7 +161,13 @@ export async function startMilter(opts: StartOptions = {}): Promise<MilterProces
       return code;
     },
   };
-  await waitForLog(opts.ready ?? / listening on /, opts.readyTimeoutMs);
+  try {
+    await waitForLog(opts.ready ?? / listening on /, opts.readyTimeoutMs);
+  } catch (e) {
+    // Nobody holds the process yet: left running, it would outlive the test (or the bench).
+    await proc.stop("SIGKILL");
+    throw e;
+  }
   return proc;
 }
 
