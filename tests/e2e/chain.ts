@@ -14,7 +14,7 @@
  * settings.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -474,6 +474,10 @@ export function writePostfixConfig(confDir: string, spec: PostfixConfigSpec): vo
     services.unshift(`127.0.0.1:${l.port} inet n - ${l.chroot ? "y" : "n"} - - smtpd${lines}`);
   }
   writeFileSync(join(confDir, "master.cf"), services.join("\n") + "\n");
+  // Postfix rereads a file changed in the last second or two every 0.3 s until it has
+  // "cooled down" (dict_load_file_xt, load_file): ~2 s for every postconf or postfix start.
+  const past = new Date(Date.now() - 60_000);
+  for (const f of ["main.cf", "master.cf"]) utimesSync(join(confDir, f), past, past);
 }
 
 // ---------------------------------------------------------------- the chain
