@@ -35,7 +35,7 @@ function run(cmd: string, args: readonly string[]): Promise<Parsed<string>> {
   return new Promise((resolve) => {
     execFile(cmd, [...args], { timeout: 30_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       if (err === null) resolve({ ok: true, value: String(stdout) });
-      else resolve({ ok: false, error: `${cmd} ${args.join(" ")} failed: ${String(stderr).trim() || err.message}` });
+      else resolve({ ok: false, error: `${cmd} ${args.filter((a) => a.startsWith("-")).join(" ")} failed: ${String(stderr).trim() || err.message}` });
     });
   });
 }

@@ -154,8 +154,9 @@ export function auditPostfix(conf: PostfixConfig, facts: MilterFacts): AuditResu
         add(id, { name: "chroot", value: "y", where: `master.cf ${id}` },
           `this smtpd runs chrooted in ${dir}, so ${facts.socket.path} is looked up as ${dir}${facts.socket.path}, which does not exist: every message meets milter_default_action`,
           `${svc.name} ${svc.type} ... n ... smtpd   (chroot column n), or MILTER_SOCKET=unix:${dir}/exota-milter/milter.sock with unix:/exota-milter/milter.sock in smtpd_milters, or an inet socket`);
+      } else {
+        unchecked.push({ id, milters });
       }
-      unchecked.push({ id, milters });
       continue;
     }
     checked.push(id);

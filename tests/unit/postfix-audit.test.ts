@@ -208,8 +208,10 @@ describe("the audit", () => {
 
   it("a chrooted smtpd and a unix socket: the path is looked up inside queue_directory", () => {
     const unix = { ...FACTS, socket: { kind: "unix", path: "/run/exota-milter/milter.sock" } as const };
-    const p = auditPostfix(conf({ smtpd_milters: "inet:127.0.0.1:8891, unix:/run/exota-milter/milter.sock" }), unix).problems;
+    const r = auditPostfix(conf({ smtpd_milters: "inet:127.0.0.1:8891, unix:/run/exota-milter/milter.sock" }), unix);
+    const p = r.problems;
     assert.deepEqual(p.map((x) => [x.setting, x.value, x.services]), [["chroot", "y", ["smtp/inet"]]]);
+    assert.deepEqual(r.notes, [], "the service is the problem, not a listener without the milter");
     assert.match(p[0]!.why, /looked up as \/var\/spool\/postfix\/run\/exota-milter\/milter\.sock/);
     assert.deepEqual(settings(conf({ smtpd_milters: "inet:127.0.0.1:8891, unix:/run/exota-milter/milter.sock" }, "smtp inet n - n - - smtpd\n"), unix), []);
     assert.deepEqual(settings(conf({ smtpd_milters: "inet:127.0.0.1:8891, unix:/run/exota-milter/milter.sock" }, "smtp inet n - - - - smtpd\n"), unix), []);
