@@ -27,6 +27,7 @@ import {
   TRUSTED_AUTHSERVID,
   TRUSTED_CN,
   TRUSTED_ISSUER,
+  ALL_CHECKS_ENV,
 } from "../lib/fixtures.ts";
 import { MilterClient, POSTFIX_OFFER } from "../lib/milter-client.ts";
 import type { Reply } from "../../src/milter/types.ts";
@@ -34,16 +35,7 @@ import type { Reply } from "../../src/milter/types.ts";
 after(removeScratch);
 
 /** Everything on: x509 (allow-list 192.0.2.10 and 198.51.100.0/24), tenant id, DKIM with alignment, add header. */
-const FULL_ENV = {
-  MILTER_X509_ENABLED: "true",
-  MILTER_X509_IP_WHITELIST: "192.0.2.10, 198.51.100.0/24",
-  MILTER_TENANT_ID_REQUIRED: "true",
-  MILTER_DKIM_ENABLED: "true",
-  MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
-  MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-  MILTER_ADD_HEADER: "true",
-  MILTER_AUTHSERVID: OUR_AUTHSERVID,
-};
+const FULL_ENV = { ...ALL_CHECKS_ENV, MILTER_X509_IP_WHITELIST: "192.0.2.10, 198.51.100.0/24" };
 
 describe("decisions with every check enabled", () => {
   let m: TcpMilter;

@@ -26,14 +26,13 @@ import {
   type Facts,
   message,
   OTHER_TENANT,
-  OUR_AUTHSERVID,
   rejected,
   removeScratch,
   scratchDir,
   startTcpMilter,
   type TcpMilter,
   TENANT,
-  TRUSTED_AUTHSERVID,
+  ALL_CHECKS_ENV,
 } from "../lib/fixtures.ts";
 import type { MessageSpec } from "../lib/milter-client.ts";
 import { freePort, runMilter } from "../lib/milter-process.ts";
@@ -84,14 +83,7 @@ const EXTRA_LDIF = [
 ].join("");
 
 /** Everything but x509: tenant id, DKIM with alignment, our header. */
-const CHECKS = {
-  MILTER_TENANT_ID_REQUIRED: "true",
-  MILTER_DKIM_ENABLED: "true",
-  MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
-  MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-  MILTER_ADD_HEADER: "true",
-  MILTER_AUTHSERVID: OUR_AUTHSERVID,
-};
+const CHECKS = { ...ALL_CHECKS_ENV, MILTER_X509_ENABLED: "false" };
 
 function ldapEnv(slapd: Slapd, extra: Record<string, string> = {}): Record<string, string> {
   return {

@@ -28,6 +28,7 @@ import {
   TENANT,
   TRUSTED_AUTHSERVID,
   TRUSTED_CN,
+  ALL_CHECKS_ENV,
 } from "../lib/fixtures.ts";
 import { MilterClient, POSTFIX_OFFER } from "../lib/milter-client.ts";
 import { Proto } from "../../src/milter/protocol.ts";
@@ -582,14 +583,8 @@ describe("explain", () => {
   /** Everything on; 192.0.2.10 skips the certificate check. */
   const env = (extra: Record<string, string> = {}) => ({
     MILTER_POLICY_FILE: POLICY_FILE,
-    MILTER_X509_ENABLED: "true",
+    ...ALL_CHECKS_ENV,
     MILTER_X509_IP_WHITELIST: "192.0.2.10",
-    MILTER_TENANT_ID_REQUIRED: "true",
-    MILTER_DKIM_ENABLED: "true",
-    MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
-    MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-    MILTER_ADD_HEADER: "true",
-    MILTER_AUTHSERVID: OUR_AUTHSERVID,
     ...extra,
   });
   const save = (name: string, text: string) => {

@@ -14,14 +14,13 @@ import {
   EXOTA,
   type Facts,
   message,
-  OUR_AUTHSERVID,
   policyFile,
   rejected,
   removeScratch,
   startTcpMilter,
   type TcpMilter,
-  TRUSTED_AUTHSERVID,
   TRUSTED_CN,
+  ALL_CHECKS_ENV,
 } from "../lib/fixtures.ts";
 import type { MilterClient } from "../lib/milter-client.ts";
 import type { Reply } from "../../src/milter/types.ts";
@@ -32,14 +31,8 @@ describe("connection reuse", () => {
   let m: TcpMilter;
   before(async () => {
     m = await startTcpMilter({
-      MILTER_X509_ENABLED: "true",
+      ...ALL_CHECKS_ENV,
       MILTER_X509_IP_WHITELIST: ALLOWLISTED_CLIENT.address,
-      MILTER_TENANT_ID_REQUIRED: "true",
-      MILTER_DKIM_ENABLED: "true",
-      MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
-      MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-      MILTER_ADD_HEADER: "true",
-      MILTER_AUTHSERVID: OUR_AUTHSERVID,
       MILTER_POLICY_FILE: policyFile(),
     });
   });
