@@ -38,6 +38,7 @@ const HELP = `usage: bun bench/run.ts [options]
   --domains N       domains of the big policy (default 1000000; 0 skips the policy rows)
   --idle N          idle connections for the RSS row (default 1000)
   --quick           --runs 1 --duration 1 --domains 0
+  --no-deno         leave out the rows of exota-milter under Deno (deno run of the sources)
   --crosscheck      first compare this generator with a C one (miltload.c) on the C null filter
   --ref-dir DIR     where miltload.c and its Makefile are, for --crosscheck (default ../shared/bench)
   --json FILE       also write every figure as JSON
@@ -57,6 +58,7 @@ interface Args {
   json: string | undefined;
   keep: boolean;
   crosscheck: boolean;
+  deno: boolean;
 }
 
 function parse(): Args {
@@ -77,6 +79,7 @@ function parse(): Args {
       json: { type: "string" },
       keep: { type: "boolean" },
       crosscheck: { type: "boolean" },
+      "no-deno": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -103,6 +106,7 @@ function parse(): Args {
     json: a.json,
     keep: a.keep ?? false,
     crosscheck: a.crosscheck ?? false,
+    deno: !(a["no-deno"] ?? false),
   };
 }
 
@@ -122,7 +126,7 @@ async function sh(cmd: string[], cwd = ROOT): Promise<void> {
 
 interface Filter {
   readonly name: string;
-  readonly key: "null" | "nullnr" | "exota";
+  readonly key: "null" | "nullnr" | "exota" | "deno";
   /** Command and environment for a socket spec. */
   readonly start: (socket: string) => { cmd: string[]; env?: Record<string, string> };
   readonly loadArgs: string[];
@@ -230,6 +234,9 @@ function machine(): string {
   return `${navigator.hardwareConcurrency} CPUs (nproc), ${model}, Linux ${kernel}, Bun ${Bun.version}`;
 }
 
+/** The machine is shared: how busy it was is part of the figures. */
+const loadAverage = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(", ");
+
 const fmt = (x: number | undefined, d = 0) => (x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(d));
 const fmtRate = (x: number) => (x >= 100 ? Math.round(x).toLocaleString("en-US") : x.toFixed(1));
 const ms = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "-" : x < 10 ? x.toFixed(2) : x.toFixed(1));
@@ -285,7 +292,7 @@ async function main(): Promise<number> {
   // directory, and a log written there would wake the watch on every line.
   const logs = join(tmp, "logs");
   mkdirSync(logs);
-  const results: Record<string, unknown> = { machine: machine(), date: new Date().toISOString(), args };
+  const results: Record<string, unknown> = { machine: machine(), date: new Date().toISOString(), args, loadAtStart: loadAverage() };
 
   try {
     log("building dist/exota-milter and the reference filter");
@@ -310,7 +317,19 @@ async function main(): Promise<number> {
       MILTER_AUTHSERVID: "relay.bench.example",
       MILTER_MAX_CONNECTIONS: "2000",
     });
-    const FILTERS: Filter[] = [
+    /** The same program under Deno, from the sources, with README's permissions for this setting. */
+    const denoCmd = [
+      join(ROOT, "node_modules", ".bin", "deno"),
+      "run",
+      "--no-prompt",
+      "--allow-env=MILTER_*,LOG_LEVEL,LOG_FORMAT,JOURNAL_STREAM,LISTEN_FDS,LISTEN_PID,LISTEN_FDNAMES",
+      "--allow-sys=uid",
+      `--allow-read=${tmp}`,
+      `--allow-write=${tmp}`,
+      "--allow-net",
+      join(ROOT, "src", "main.ts"),
+    ];
+    const allFilters: Filter[] = [
       {
         name: "C libmilter null filter",
         key: "null",
@@ -329,15 +348,22 @@ async function main(): Promise<number> {
         start: (s) => ({ cmd: [exotaBin], env: exotaEnv(s) }),
         loadArgs: ["--expect", "policy", "--expect-header", EXOTA_HEADER, "--expect-removal", EXOTA_HEADER],
       },
+      {
+        name: "exota-milter under Deno",
+        key: "deno",
+        start: (s) => ({ cmd: denoCmd, env: exotaEnv(s) }),
+        loadArgs: ["--expect", "policy", "--expect-header", EXOTA_HEADER, "--expect-removal", EXOTA_HEADER],
+      },
     ];
+    const FILTERS = allFilters.filter((f) => f.key !== "deno" || args.deno);
     const common = ["-m", String(args.perConn), "-r", "0.1", "-d", String(args.duration), "-w", String(args.warmup)];
     /**
-     * A daemon runs for weeks: load it before measuring. Bun's JIT compiles
-     * for ~8 s on a fresh process (that CPU counts as the filter's); the C
+     * A daemon runs for weeks: load it before measuring. Bun's JIT (and
+     * Deno's V8) compiles for ~8 s on a fresh process (that CPU counts as the filter's); the C
      * filters need nothing, they get a second for symmetry.
      */
     const warmUp = async (f: Filter, socket: string, p: Proc) => {
-      const seconds = f.key === "exota" ? args.warmupProcess : 1;
+      const seconds = f.key === "exota" || f.key === "deno" ? args.warmupProcess : 1;
       if (seconds <= 0) return;
       const r = await runLoadProcess(["-s", socket, "-c", "8", "--pid", String(p.pid), "-m", "10", "-r", "0.1", "-d", String(seconds), "-w", "0", ...f.loadArgs]);
       if (!r.ok) throw new Error(`${f.name}: warm-up failed: ${r.errors.join("; ")}`);
@@ -421,7 +447,7 @@ async function main(): Promise<number> {
     const idle: Record<string, LoadResult> = {};
     if (args.idle > 0) {
       for (const messages of [0, 1]) {
-        for (const f of [FILTERS[0]!, FILTERS[2]!]) {
+        for (const f of FILTERS.filter((x) => x.key !== "nullnr")) {
           const socket = `unix:${join(tmp, `idle-${f.key}-${messages}.sock`)}`;
           const p = spawnFilter(f, socket, join(logs, `${f.key}-idle.log`));
           await firstReply(socket, performance.now(), 30000, p);
@@ -457,6 +483,8 @@ async function main(): Promise<number> {
       /** Started, then connected to (retried every 0.2 ms) as a plain daemon. */
       exotaSpawned: await firstAnswer(["spawn", "5", startSock], [exotaBin], exotaEnv(`unix:${startSock}`)),
       null: await firstAnswer(["spawn", "5", startSock], FILTERS[0]!.start(`unix:${startSock}`).cmd),
+      deno: args.deno ? await firstAnswer(["activate", "5"], denoCmd, exotaEnv(`unix:${startSock}`)) : [],
+      denoSpawned: args.deno ? await firstAnswer(["spawn", "5", startSock], denoCmd, exotaEnv(`unix:${startSock}`)) : [],
     };
     log(`start-up to first answer (ms): ${Object.entries(startup).map(([k, v]) => `${k} ${v.join(", ")}`).join("; ")}`);
     results.startup = startup;
@@ -523,11 +551,11 @@ async function main(): Promise<number> {
     out.push("");
     out.push("| socket | conns | filter | msgs/s | × null | p50 ms | p99 ms | max ms | CPU ms/msg | peak RSS MB |");
     out.push("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    const names: Record<string, string> = { null: "C null filter", nullnr: "C null, NR_HDR", exota: "**exota-milter**" };
+    const names: Record<string, string> = { null: "C null filter", nullnr: "C null, NR_HDR", exota: "**exota-milter**", deno: "exota-milter, Deno" };
     for (const t of args.transports) {
       for (const c of args.conns) {
         const base = cell(t, c, "null");
-        for (const f of ["null", "nullnr", "exota"]) {
+        for (const f of ["null", "nullnr", "exota", "deno"]) {
           const x = cell(t, c, f);
           if (x === undefined) continue;
           out.push(`| ${t} | ${c} | ${names[f]} | ${fmtRate(x.rate)} | ${base ? (x.rate / base.rate).toFixed(2) : "-"} | ${ms(x.p50)} | ${ms(x.p99)} | ${ms(x.max)} | ${fmt(x.cpuMs, 3)} | ${fmt(x.hwmKb / 1024, 1)} |`);
@@ -554,6 +582,9 @@ async function main(): Promise<number> {
         if (e && n) goals.push([`p99 latency, ${t}, ${c} conns`, "<= null's", `${ms(e.p99)} vs ${ms(n.p99)} ms`, e.p99 <= n.p99]);
       }
     }
+    // Deno: no goal but this one; its figures are in the table.
+    const denoTcp1 = cell("tcp", 1, "deno");
+    if (denoTcp1) goals.push(["Deno: no per-round-trip stall, tcp, 1 conn", "p99 far below 40 ms", `${fmtRate(denoTcp1.rate)} msgs/s, p99 ${ms(denoTcp1.p99)} ms`, denoTcp1.p99 < 10]);
     const exotaCells = cells.filter((x) => x.filter === "exota" && x.conns >= 8);
     if (exotaCells.length > 0) {
       const worst = Math.max(...exotaCells.map((x) => x.cpuMs));
@@ -573,6 +604,16 @@ async function main(): Promise<number> {
         "<= 30 ms",
         `${fmt(s, 1)} ms (a Bun program that only answers: ${fmt(median(startup.bunFloor), 1)} ms; started before connecting: exota ${fmt(median(startup.exotaSpawned), 1)}, C null ${fmt(median(startup.null), 1)} ms)`,
         s <= 30,
+      ]);
+    }
+    if (args.deno) {
+      const d = idle.deno0, d1 = idle.deno1;
+      goals.push([
+        "Deno: peak RSS, idle connections; start to first answer",
+        "-",
+        `${fmt((d?.filterHwmKb ?? NaN) / 1024, 1)} MB (after one message each: ${fmt((d1?.filterHwmKb ?? NaN) / 1024, 1)} MB); ` +
+        `${fmt(median(startup.deno), 1)} ms socket-activated, ${fmt(median(startup.denoSpawned), 1)} ms started before connecting`,
+        undefined,
       ]);
     }
     if (big) {
@@ -600,7 +641,8 @@ async function main(): Promise<number> {
     out.push("| --- | --- | --- | --- |");
     for (const [g, target, measured, met] of goals) out.push(`| ${g} | ${target} | ${measured} | ${met === undefined ? "-" : met ? "yes" : "**no**"} |`);
     out.push("");
-    out.push(`Total bench time: ${((performance.now() - tBench) / 1000).toFixed(0)} s`);
+    results.loadAtEnd = loadAverage();
+    out.push(`Total bench time: ${((performance.now() - tBench) / 1000).toFixed(0)} s; load average (1, 5, 15 min) at start ${results.loadAtStart as string}, at end ${results.loadAtEnd as string}`);
     results.goals = goals;
     console.log(out.join("\n"));
     if (args.json !== undefined) writeFileSync(args.json, JSON.stringify(results, null, 2));
