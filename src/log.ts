@@ -163,6 +163,9 @@ class LineBuffer {
 const lines = new LineBuffer();
 process.on("exit", lines.flush);
 
+/** A log message is a template: braces in a text of ours ({verify}) or of a message must be doubled to stay as they are. */
+export const literal = (text: string): string => text.replaceAll("{", "{{").replaceAll("}", "}}");
+
 /** Writes the lines still waiting; before writing to standard error directly. */
 export const flushLogs: () => void = lines.flush;
 

@@ -11,6 +11,7 @@
 import { readFileSync } from "node:fs";
 import type { Logger } from "@logtape/logtape";
 import { Client, Filter } from "ldapts";
+import { literal } from "../log.ts";
 import { AnswerCache } from "./answer-cache.ts";
 import { type LdapAttributes, type LdapEntry, policyFromEntries } from "./ldap-entry.ts";
 import type { PolicyResult } from "./types.ts";
@@ -219,7 +220,7 @@ export class LdapPolicyBackend {
       this.#retryTimer = undefined;
       // A failure schedules the next attempt (see #connect).
       this.#connect().catch((e) => {
-        if (e instanceof LdapConfigError) this.log.error("{error}", { error: e.message });
+        if (e instanceof LdapConfigError) this.log.error(literal(e.message));
       });
     }, delay);
     this.#retryTimer.unref?.();

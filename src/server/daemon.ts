@@ -10,7 +10,7 @@ import process from "node:process";
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
 import { type DecisionRecord, ExotaFilter } from "../filter.ts";
-import { droppedLogLines, logger } from "../log.ts";
+import { droppedLogLines, literal, logger } from "../log.ts";
 import { accessNeeded, ACTIVATION_ENV } from "./access.ts";
 import { type ConnectionHandle, serveConnection } from "./connection.ts";
 import { inheritedFds, type Listener, listenOn, listenOnFd } from "./listen.ts";
@@ -19,9 +19,6 @@ import { RefusalLog } from "./refusals.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
 import type { MilterSocket, SocketEvents } from "./runtime-api.ts";
 import { runtime } from "./runtime.ts";
-
-/** A log message is a template: braces in a text of ours ({verify}) or of a message must be doubled to stay as they are. */
-const literal = (text: string) => text.replaceAll("{", "{{").replaceAll("}", "}}");
 
 export function logDecision(log: Logger, conn: string, r: DecisionRecord, reportOnly: boolean): void {
   const v = r.verdict;
@@ -175,7 +172,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   // Once start-up has worked: a start-up error stays the first line of the output.
-  for (const w of config.warnings) log.warn(w);
+  for (const w of config.warnings) log.warn(literal(w));
   // Announce readiness only once the signal handlers are in place: a signal
   // sent on the "listening" line must not hit the default action (exit).
   log.info("{name} {version} listening on {sockets}", {

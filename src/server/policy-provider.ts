@@ -8,6 +8,7 @@
 import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, watch, type FSWatcher } from "node:fs";
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
+import { literal } from "../log.ts";
 import type { LdapPolicyBackend } from "../policy/ldap-backend.ts";
 import { dkimOffDomains, dkimOffWarning, mapLookup, parsePolicyBytes, parsePolicyBytesSliced, type PolicyMap } from "../policy/policy-file.ts";
 import type { PolicyLookup, PolicyResult } from "../policy/types.ts";
@@ -172,7 +173,7 @@ export class FilePolicyProvider implements PolicyProvider {
   #logDkimOff(): void {
     if (!this.warnDkimOff) return;
     const domains = dkimOffDomains(this.#policies);
-    for (const d of domains.slice(0, DKIM_OFF_LOG_LINES)) this.log.warn("{warning}", { domain: d, warning: dkimOffWarning(d) });
+    for (const d of domains.slice(0, DKIM_OFF_LOG_LINES)) this.log.warn(literal(dkimOffWarning(d)), { domain: d });
     const more = domains.length - DKIM_OFF_LOG_LINES;
     if (more > 0) this.log.warn("{more} more policies with dkim_enabled false; `exota-milter check` lists them all", { more });
   }

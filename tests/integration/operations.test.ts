@@ -161,6 +161,8 @@ describe("policy reload", () => {
     const warnings = (from: number) =>
       jsonLines(m.proc.log().slice(from)).filter((l) => /has dkim_enabled false/.test(String(l.message))).map((l) => [l.level, l.domain]);
     assert.deepEqual(warnings(0), [["warning", "open.example"]]);
+    // The text itself is the message, not a quoted value in it.
+    assert.match(m.proc.log(), /"message":"policy of open\.example has dkim_enabled false while/);
     const mark = m.proc.log().length;
     replaceAtomically(path, JSON.stringify({ "open.example": { dkim_enabled: false }, "also-open.example": { dkim_enabled: false } }));
     m.proc.child.kill("SIGHUP");
