@@ -8,7 +8,7 @@
  * Pure: no I/O.
  * @module
  */
-import type { SocketSpec } from "../server/socket-spec.ts";
+import { hostPort, type SocketSpec } from "../server/socket-spec.ts";
 import {
   expand,
   formatMilterList,
@@ -57,7 +57,7 @@ interface Value {
 export function postfixSpelling(s: SocketSpec): string {
   if (s.kind === "unix") return `unix:${s.path}`;
   const host = s.host === "0.0.0.0" ? "127.0.0.1" : s.host === "::" ? "::1" : s.host;
-  return `inet:${host.includes(":") ? `[${host}]` : host}:${s.port}`;
+  return `inet:${hostPort(host, s.port)}`;
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);

@@ -7,9 +7,7 @@
 import type { Config } from "../config.ts";
 import { directoryOf } from "./policy-provider.ts";
 import type { Access } from "./runtime-api.ts";
-
-/** `host:port` as permission flags spell it ([::1]:25). */
-const hostPort = (host: string, port: number | string) => `${host.includes(":") ? `[${host}]` : host}:${port}`;
+import { hostPort } from "./socket-spec.ts";
 
 /** Where an LDAP URI connects to: host and port, the scheme's port when none is given. */
 function ldapTarget(uri: string): string {

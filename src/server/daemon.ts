@@ -19,6 +19,7 @@ import { RefusalLog } from "./refusals.ts";
 import { FilePolicyProvider, LdapPolicyProvider, openPolicy } from "./policy-provider.ts";
 import type { MilterSocket, SocketEvents } from "./runtime-api.ts";
 import { runtime } from "./runtime.ts";
+import { hostPort } from "./socket-spec.ts";
 
 export function logDecision(log: Logger, conn: string, r: DecisionRecord, reportOnly: boolean): void {
   const v = r.verdict;
@@ -128,7 +129,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
     if (config.metricsListen !== undefined) {
       const { host, port } = config.metricsListen;
       await serveMetrics(metrics, host, port);
-      log.info("metrics on http://{address}/metrics", { address: host.includes(":") ? `[${host}]:${port}` : `${host}:${port}` });
+      log.info("metrics on http://{address}/metrics", { address: hostPort(host, port) });
     }
   } catch (e) {
     fail(`cannot listen: ${(e as Error).message}`);

@@ -8,7 +8,7 @@
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import type { ConnectionHandler } from "./runtime-api.ts";
 import { runtime } from "./runtime.ts";
-import { formatSocketSpec, type SocketSpec } from "./socket-spec.ts";
+import { formatSocketSpec, hostPort, type SocketSpec } from "./socket-spec.ts";
 
 export interface Listener {
   /** What it listens on, for logs. */
@@ -63,7 +63,7 @@ export async function listenOn(spec: SocketSpec, socketMode: number, onConnectio
   try {
     server = runtime.listenTcp(spec.host, spec.port, spec.family === 6, name, onConnection);
   } catch (e) {
-    throw listenError(e, spec.host.includes(":") ? `[${spec.host}]:${spec.port}` : `${spec.host}:${spec.port}`);
+    throw listenError(e, hostPort(spec.host, spec.port));
   }
   return { name, close: () => server.close() };
 }

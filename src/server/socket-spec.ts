@@ -29,6 +29,9 @@ export function parseSocketSpec(spec: string): { ok: true; value: SocketSpec } |
   return { ok: false, error: "expected inet:PORT@HOST, inet6:PORT@HOST, unix:/path or local:/path" };
 }
 
+/** `host:port`, an IPv6 host in brackets (`[::1]:25`), as messages and permission flags write it. */
+export const hostPort = (host: string, port: number | string): string => `${host.includes(":") ? `[${host}]` : host}:${port}`;
+
 export function formatSocketSpec(s: SocketSpec): string {
   return s.kind === "unix" ? `unix:${s.path}` : `inet${s.family === 6 ? "6" : ""}:${s.port}@${s.host}`;
 }
