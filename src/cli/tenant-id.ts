@@ -8,6 +8,8 @@
  * milter never calls out while serving mail.
  * @module
  */
+import { normalizeDomain } from "../mail/address.ts";
+import { UUID } from "../policy/schema.ts";
 
 export type TenantAnswer =
   | { readonly kind: "tenant"; readonly tenantId: string }
@@ -27,8 +29,6 @@ export interface LookupOptions {
   readonly concurrency?: number;
   readonly fetch?: typeof fetch;
 }
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * One HTTP answer -> tenant, unknown, or error; "retry" for answers that
@@ -61,16 +61,13 @@ export function readAnswer(status: number, body: string): TenantAnswer | "retry"
   return { kind: "error", reason: `HTTP ${status}${description === "" ? "" : `: ${description.split(/\r?\n/)[0]}`}` };
 }
 
-/** The A-label form of a domain, or undefined when it is none. */
+/**
+ * The A-label form of a domain as the policy spells its keys (normalizeDomain),
+ * or undefined when it is none; a single label is no Microsoft 365 domain.
+ */
 export function domainLabel(input: string): string | undefined {
-  const d = input.trim().replace(/\.$/, "");
-  if (d === "" || /[/?#@:\s[\]]/.test(d)) return undefined;
-  try {
-    const host = new URL(`http://${d}/`).hostname;
-    return /^[a-z0-9-]+(\.[a-z0-9-]+)+$/.test(host) ? host : undefined;
-  } catch {
-    return undefined;
-  }
+  const d = normalizeDomain(input.trim());
+  return d?.includes(".") ? d : undefined;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -162,7 +159,7 @@ export async function verifyTenants(entries: readonly PolicyTenant[], o: LookupO
       ? "unknown-domain"
       : e.tenantId === ""
       ? "no-tenant-in-policy"
-      : a.tenantId === e.tenantId.toLowerCase()
+      : a.tenantId === e.tenantId
       ? "match"
       : "mismatch";
     return { e, a, verdict };

@@ -6,7 +6,7 @@
 import * as v from "valibot";
 import type { Policy } from "./types.ts";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export const POLICY_KEYS = ["tenant_id", "dkim_enabled", "dkim_alignment_required"] as const;
 
