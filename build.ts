@@ -15,7 +15,8 @@ import { manPage } from "./src/cli/manpage.ts";
 
 const git = async (...args: string[]) => (await $`git ${args}`.cwd(import.meta.dir).nothrow().quiet()).stdout.toString().trim();
 
-const commit = await git("rev-parse", "--short=10", "HEAD");
+/** The commit built from; empty outside a git checkout. */
+export const commit = await git("rev-parse", "--short=10", "HEAD");
 const dirty = commit !== "" && (await git("status", "--porcelain", "--untracked-files=no")) !== "";
 const tagged = commit !== "" && (await git("tag", "--points-at", "HEAD")).split("\n").includes(`v${pkg.version}`);
 

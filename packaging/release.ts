@@ -16,7 +16,7 @@ import { createHash } from "node:crypto";
 import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
 import { gzipSync } from "node:zlib";
-import { buildExecutable, DATE, MAN_PAGE, VERSION } from "../build.ts";
+import { buildExecutable, commit, DATE, MAN_PAGE, VERSION } from "../build.ts";
 
 const TOP = join(import.meta.dir, "..");
 const HERE = import.meta.dir;
@@ -73,11 +73,10 @@ function debianUnit(name: string): string {
 }
 
 function changelog(): string {
-  const commit = spawnSync("git", ["rev-parse", "--short=10", "HEAD"], { cwd: TOP, encoding: "utf8" }).stdout?.trim() || "unknown";
   // RFC 2822 date, as dpkg-parsechangelog wants it.
   const date = DATE.toUTCString().replace(/^(\w+), (\d+) (\w+) (\d+) ([\d:]+) GMT$/, "$1, $2 $3 $4 $5 +0000");
   return `exota-milter (${DEB_VERSION}) unstable; urgency=medium\n\n` +
-    `  * Built from git commit ${commit}; the changes are in the git log.\n\n` +
+    `  * Built from git commit ${commit || "unknown"}; the changes are in the git log.\n\n` +
     ` -- ${MAINTAINER}  ${date}\n`;
 }
 

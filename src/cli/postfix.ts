@@ -76,12 +76,14 @@ export async function readPostfixConfig(
     run(postconf, [...c, "-M"]),
     run(postconf, [...c, "-P", "-x"]),
   ]);
-  for (const r of [mainOut, masterOut, overridesOut]) if (!r.ok) return r;
-  const main = parseParams(mainOut.ok ? mainOut.value : "", "postconf -x");
+  if (!mainOut.ok) return mainOut;
+  if (!masterOut.ok) return masterOut;
+  if (!overridesOut.ok) return overridesOut;
+  const main = parseParams(mainOut.value, "postconf -x");
   if (!main.ok) return main;
-  const services = parseMaster(masterOut.ok ? masterOut.value : "", "postconf -M");
+  const services = parseMaster(masterOut.value, "postconf -M");
   if (!services.ok) return services;
-  const overrides = parseServiceParams(overridesOut.ok ? overridesOut.value : "");
+  const overrides = parseServiceParams(overridesOut.value);
   if (!overrides.ok) return overrides;
   return {
     ok: true,
