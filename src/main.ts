@@ -7,8 +7,6 @@
  */
 import process from "node:process";
 import pkg from "../package.json" with { type: "json" };
-import { check } from "./cli/check.ts";
-import { explain } from "./cli/explain.ts";
 import { type Config, helpText, loadConfig } from "./config.ts";
 import { flushLogs, logger, setupLogging } from "./log.ts";
 import { runDaemon } from "./server/daemon.ts";
@@ -32,8 +30,6 @@ function fail(message: string): never {
 
 const print = (line: string) => void process.stdout.write(line + "\n");
 
-const lookupOptions = (config: Config) => ({ baseUrl: config.tenantLookup.baseUrl, timeoutMs: config.tenantLookup.timeoutMs });
-
 /** `check --verify-tenants`: every policy entry (file or directory) against Microsoft. */
 async function checkTenants(config: Config, json: boolean): Promise<number> {
   const policy = await openPolicy(config, logger("policy"));
@@ -43,7 +39,7 @@ async function checkTenants(config: Config, json: boolean): Promise<number> {
   if (!listing.ok) fail(`policy: ${listing.error}`);
   const entries = listing.policies.map(([domain, r]) => ({ domain, tenantId: r.kind === "found" ? r.policy.tenantId : "" }));
   const { verifyTenants } = await import("./cli/tenant-id.ts");
-  return verifyTenants(entries, lookupOptions(config), json, print);
+  return verifyTenants(entries, config.tenantLookup, json, print);
 }
 
 /** Access a runtime granting it per resource (Deno) refused ends the command with its message, which names the flag. */
@@ -79,7 +75,7 @@ try {
     case "tenant-id": {
       // Loaded only here: the daemon's start-up does not pay for the commands' modules.
       const { tenantIdCommand } = await import("./cli/tenant-id.ts");
-      process.exit(await tenantIdCommand(r.domains, lookupOptions(r.config), r.json, print));
+      process.exit(await tenantIdCommand(r.domains, r.config.tenantLookup, r.json, print));
       break;
     }
     case "check":
@@ -96,9 +92,10 @@ try {
       setupLogging(r.config.name, "warning", r.config.logFormat);
       const policy = await openPolicy(r.config, logger("policy"));
       if (typeof policy === "string") fail(`policy: ${policy}`);
+      // Loaded only here (check brings node:http and node:net): the daemon's start-up does not pay for them.
       const code = r.command === "explain"
-        ? await explain(r.config, r.explain, policy.lookup(), print).catch((e: Error) => fail(e.message))
-        : await check(r.config, policy, print);
+        ? await (await import("./cli/explain.ts")).explain(r.config, r.explain, policy.lookup(), print).catch((e: Error) => fail(e.message))
+        : await (await import("./cli/check.ts")).check(r.config, policy, print);
       await policy.close();
       process.exit(code);
     }

@@ -4,21 +4,22 @@
  * Exit 0 when everything is usable, 1 otherwise.
  * @module
  */
-import { unlinkSync } from "node:fs";
-import { createServer } from "node:http";
 import { connect } from "node:net";
 import process from "node:process";
 import type { Config } from "../config.ts";
+import { encodeCommand } from "../milter/codec.ts";
+import { Cmd, PROTOCOL_VERSION } from "../milter/protocol.ts";
 import { dkimOffWarning } from "../policy/policy-file.ts";
 import { inheritedFds, listenOn } from "../server/listen.ts";
+import { listenHttp } from "../server/metrics.ts";
 import type { PolicyProvider } from "../server/policy-provider.ts";
 import { formatSocketSpec, type SocketSpec } from "../server/socket-spec.ts";
 
 /** A domain no policy can have: the query runs, the answer is "not found". */
 const PROBE_DOMAIN = "exota-milter-check.invalid";
 
-/** An MTA's option negotiation (version 6, every action and step offered). */
-const OPTNEG = new Uint8Array([0, 0, 0, 13, 0x4f, 0, 0, 0, 6, 0, 0, 0x01, 0xff, 0, 0x1f, 0xff, 0xff]);
+/** An MTA's option negotiation: every action and step offered. */
+const OPTNEG = encodeCommand({ type: "optneg", version: PROTOCOL_VERSION, actions: 0x1ff, protocol: 0x1fffff });
 
 /**
  * Whether a milter answers option negotiation on the socket. Then "in use" is
@@ -30,7 +31,7 @@ const OPTNEG = new Uint8Array([0, 0, 0, 13, 0x4f, 0, 0, 0, 6, 0, 0, 0x01, 0xff, 
 function milterAnswers(spec: SocketSpec, timeoutMs = 1000): Promise<boolean> {
   return new Promise((resolve) => {
     const s = spec.kind === "unix" ? connect({ path: spec.path }) : connect({ host: spec.host, port: spec.port });
-    let got = new Uint8Array(0);
+    let got = 0;
     const done = (answer: boolean) => {
       clearTimeout(timer);
       s.destroy();
@@ -38,9 +39,9 @@ function milterAnswers(spec: SocketSpec, timeoutMs = 1000): Promise<boolean> {
     };
     const timer = setTimeout(() => done(false), timeoutMs);
     s.on("connect", () => s.write(OPTNEG));
+    // Only the reply's command byte (after the 4-byte length) matters; a milter answers optneg with optneg.
     s.on("data", (chunk: Uint8Array) => {
-      got = new Uint8Array([...got, ...chunk]);
-      if (got.length >= 5) done(got[4] === 0x4f);
+      for (const byte of chunk) if (got++ === 4) return done(byte === Cmd.OPTNEG);
     });
     s.on("error", () => done(false));
     s.on("close", () => done(false));
@@ -56,11 +57,8 @@ async function tryListening(config: Config): Promise<{ errors: string[]; notes: 
   const errors: string[] = [];
   const notes: string[] = [];
   if (inheritedFds(process.env, process.pid).length === 0) {
-    let path: string | undefined;
     try {
-      const l = await listenOn(config.socket, config.socketMode, () => undefined);
-      path = l.path;
-      l.close();
+      (await listenOn(config.socket, config.socketMode, () => undefined)).close();
     } catch (e) {
       if (await milterAnswers(config.socket)) {
         notes.push(`${formatSocketSpec(config.socket)} is in use by a milter that answers (a running exota-milter or its socket unit?); run serves it once that one stops, or under socket activation`);
@@ -68,22 +66,15 @@ async function tryListening(config: Config): Promise<{ errors: string[]; notes: 
         errors.push(`cannot listen: ${(e as Error).message}`);
       }
     }
-    try {
-      // Some runtimes remove the socket file on close, others leave it.
-      if (path !== undefined) unlinkSync(path);
-    } catch { /* gone already */ }
   }
   if (config.metricsListen !== undefined) {
     const { host, port } = config.metricsListen;
-    // node:http, as run's metrics server: the same errors.
-    const server = createServer();
-    await new Promise<void>((resolve) => {
-      server.once("error", (e: Error) => {
-        errors.push(`cannot listen: ${e.message}`);
-        resolve();
-      });
-      server.listen(port, host, () => server.close(() => resolve()));
-    });
+    try {
+      const server = await listenHttp(host, port);
+      await new Promise((resolve) => server.close(resolve));
+    } catch (e) {
+      errors.push(`cannot listen: ${(e as Error).message}`);
+    }
   }
   return { errors, notes };
 }

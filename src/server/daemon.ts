@@ -5,7 +5,6 @@
  * a second signal exits at once).
  * @module
  */
-import { unlinkSync } from "node:fs";
 import process from "node:process";
 import type { Logger } from "@logtape/logtape";
 import type { Config } from "../config.ts";
@@ -156,14 +155,7 @@ export async function runDaemon(config: Config, version: string, fail: (message:
       open: open.size,
       seconds: config.shutdownTimeoutMs / 1000,
     });
-    for (const l of listeners) {
-      l.close();
-      if (l.path !== undefined) {
-        try {
-          unlinkSync(l.path);
-        } catch { /* already gone */ }
-      }
-    }
+    for (const l of listeners) l.close();
     if (open.size === 0) finish("no connections open");
     for (const handle of open.values()) handle.drain();
     setTimeout(() => finish(`deadline reached, ${open.size} connection(s) dropped`), config.shutdownTimeoutMs).unref();

@@ -13,9 +13,7 @@ import { formatSocketSpec, hostPort, type SocketSpec } from "./socket-spec.ts";
 export interface Listener {
   /** What it listens on, for logs. */
   readonly name: string;
-  /** A socket file to remove at shutdown. */
-  readonly path?: string;
-  /** Stops accepting; open connections stay. */
+  /** Stops accepting (and removes its unix socket file); open connections stay. */
   close(): void;
 }
 
@@ -57,7 +55,14 @@ export async function listenOn(spec: SocketSpec, socketMode: number, onConnectio
       throw listenError(e, spec.path);
     }
     chmodSync(spec.path, socketMode);
-    return { name, path: spec.path, close: () => server.close() };
+    const close = () => {
+      server.close();
+      try {
+        // Some runtimes remove the socket file on close, others leave it.
+        unlinkSync(spec.path);
+      } catch { /* gone already */ }
+    };
+    return { name, close };
   }
   let server;
   try {

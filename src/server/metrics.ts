@@ -3,7 +3,7 @@
  * address when MILTER_METRICS_LISTEN is set.
  * @module
  */
-import type { Server } from "node:http";
+import type { RequestListener, Server } from "node:http";
 import type { TimeoutKind } from "./connection.ts";
 
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -118,10 +118,8 @@ export class Metrics {
   }
 }
 
-export async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<Server> {
-  // Loaded only when metrics are on: node:http costs ~8 MB of memory at start-up.
-  const { createServer } = await import("node:http");
-  const server = createServer((req, res) => {
+export function serveMetrics(metrics: Metrics, host: string, port: number): Promise<Server> {
+  return listenHttp(host, port, (req, res) => {
     if (req.method === "GET" && (req.url === "/metrics" || req.url === "/")) {
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
       res.end(metrics.render());
@@ -129,6 +127,13 @@ export async function serveMetrics(metrics: Metrics, host: string, port: number)
       res.writeHead(404).end();
     }
   });
+}
+
+/** An HTTP server listening on host:port; rejects with the runtime's error (`check` tries it the same way). */
+export async function listenHttp(host: string, port: number, handler?: RequestListener): Promise<Server> {
+  // Loaded only when metrics are on: node:http costs ~8 MB of memory at start-up.
+  const { createServer } = await import("node:http");
+  const server = createServer(handler);
   return new Promise((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
