@@ -75,8 +75,8 @@ export class LdapPolicyBackend {
     } catch (e) {
       if (e instanceof LdapConfigError) throw e;
       if (isConfigError(e)) throw new LdapConfigError(`LDAP: ${describe(e)}`);
+      // #connect's failure has scheduled the reconnection already.
       this.log.warn("LDAP server unreachable at start-up, mail is tempfailed until it answers: {error}", { error: describe(e) });
-      this.#broken(e);
     }
   }
 
