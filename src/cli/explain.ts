@@ -7,10 +7,11 @@
 import { readFileSync } from "node:fs";
 import type { Config, ExplainRequest } from "../config.ts";
 import { verdictReplies } from "../filter.ts";
+import { parseAuthResults } from "../mail/auth-results.ts";
 import { HeaderCollector } from "../mail/headers.ts";
 import { parseHeaderBlock } from "../mail/message.ts";
 import { certName, decodeXtext } from "../policy/cert-subject.ts";
-import { analyze, resolveDecision } from "../policy/decide.ts";
+import { analyze, NO_TRUSTED_CN, resolveDecision } from "../policy/decide.ts";
 import type { PolicyLookup } from "../policy/types.ts";
 
 /** A certificate macro as given, quoted (white space counts), decoded when it is Sendmail's xtext DN, and its CN. */
@@ -76,16 +77,16 @@ export async function explain(config: Config, req: ExplainRequest, lookup: Polic
  */
 function configurationHints(fields: ReadonlyArray<readonly [string, string]>, fc: Config["filter"], reason: string): string[] {
   const hints: string[] = [];
-  const trusted = fields.filter(([name, value]) =>
-    name.toLowerCase() === "authentication-results" && value.split(";")[0]!.trim().split(/\s+/)[0]!.toLowerCase() === fc.trustedAuthservId
+  const trusted = fields.some(([name, value]) =>
+    name.toLowerCase() === "authentication-results" && parseAuthResults(value)?.authservId === fc.trustedAuthservId
   );
-  if (fc.dkimEnabled && trusted.length === 0) {
+  if (fc.dkimEnabled && !trusted) {
     hints.push(
       `no Authentication-Results of ${fc.trustedAuthservId} at all: if live mail looks like this, the DKIM verifier does not run before ` +
         "exota-milter, or writes another authserv-id; `exota-milter check --postfix` audits the milter order",
     );
   }
-  if (reason === "No trusted x509 client CN found") {
+  if (reason === NO_TRUSTED_CN) {
     hints.push("if live mail is rejected for this, Postfix does not pass {cert_subject}; `exota-milter check --postfix` audits smtpd_tls_ask_ccert, the CA and the macros");
   }
   return hints;

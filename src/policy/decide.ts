@@ -100,6 +100,9 @@ export interface Analysis {
   readonly exotaResults: number;
 }
 
+/** The reason when the MTA passed no client certificate name at all. */
+export const NO_TRUSTED_CN = "No trusted x509 client CN found";
+
 /** The sendmail.mc line that makes Sendmail pass `{verify}` to milters. */
 export const SENDMAIL_VERIFY_MACRO_LINE = "define(`confMILTER_MACROS_HELO', confMILTER_MACROS_HELO`, {verify}')dnl";
 
@@ -111,7 +114,7 @@ function checkX509(facts: MessageFacts, config: DecisionConfig, trace?: Trace): 
     return { ok: true, checked: false };
   }
   if (facts.certSubject === undefined || facts.certSubject.trim() === "") {
-    return { ok: false, reason: "No trusted x509 client CN found" };
+    return { ok: false, reason: NO_TRUSTED_CN };
   }
   const subject = certName(facts.certSubject);
   if (!subject.ok) return { ok: false, reason: `Untrusted x509 client certificate subject: ${subject.reason}` };
