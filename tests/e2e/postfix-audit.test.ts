@@ -12,7 +12,7 @@
  * asks for its macros itself and an empty milter_helo_macros does no harm.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -99,7 +99,7 @@ function fixValue(p: JsonProblem): string {
 }
 
 describe("check --postfix with the real postconf", () => {
-  it("postconf is there", () => assert.ok(TOOLS.postconf));
+  it("postconf is there", () => assert.ok(existsSync(TOOLS.postconf), TOOLS.postconf));
 
   it("the chain's correct configuration: no problem, exit 0", T, async () => {
     const r = await audit({});

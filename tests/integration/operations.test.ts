@@ -885,10 +885,13 @@ describe("stopping", () => {
     try {
       assert.deepEqual(await idle.sendMessage(message({ queueId: "IDLE1" })), CONTINUE);
       const mark = m.proc.log().length;
+      const signalled = performance.now();
       m.proc.child.kill("SIGTERM");
       await m.proc.waitForLog(/SIGTERM: stopping, 2 connection\(s\) open, waiting up to 10 s for messages in flight/, 2000, mark);
-      // Its last message ended just before the signal: it is given 1 s for a next one.
+      // Its last message ended just before the signal: it is given 1 s for a next one, not closed at once.
       await idle.waitClosed(2500);
+      const waited = performance.now() - signalled;
+      assert.ok(waited >= 900, `closed ${waited.toFixed(0)} ms after SIGTERM`);
       await assert.rejects(MilterClient.connect({ host: "127.0.0.1", port: m.port }, 2000), (e: NodeJS.ErrnoException) => {
         assert.equal(e.code, "ECONNREFUSED");
         return true;
