@@ -12,7 +12,7 @@ import { after, before, describe, it } from "node:test";
 import { accepted, message, policyFile, rejected, removeScratch, scratchDir, startTcpMilter, type TcpMilter } from "../lib/fixtures.ts";
 import { scrape, series } from "../lib/metrics.ts";
 import { MilterClient, ProtocolError, rawFrame } from "../lib/milter-client.ts";
-import { BINARY, freePort } from "../lib/milter-process.ts";
+import { freePort, MILTER_COMMAND } from "../lib/milter-process.ts";
 
 after(removeScratch);
 
@@ -149,13 +149,13 @@ describe("log write failures", () => {
   });
 
   /**
-   * Starts the binary with standard error on `stderrFd`; its log cannot be
+   * Starts the milter (the runtime under test) with standard error on `stderrFd`; its log cannot be
    * read, so readiness is a connection that negotiates.
    */
   async function startBlind(stderrFd: number): Promise<{ child: ChildProcess; port: number; metricsPort: number }> {
     const port = await freePort();
     const metricsPort = await freePort();
-    const child = spawn(BINARY, [], {
+    const child = spawn(MILTER_COMMAND[0]!, MILTER_COMMAND.slice(1), {
       env: {
         PATH: process.env.PATH ?? "/usr/bin:/bin",
         MILTER_SOCKET: `inet:${port}@127.0.0.1`,
