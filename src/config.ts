@@ -444,7 +444,7 @@ function configWarnings(
     );
   }
   for (const r of c.x509IpWhitelist) {
-    if (r.bits <= (r.text.includes(".") && !r.text.includes(":") ? 96 : 0)) {
+    if (r.bits <= (r.v4 ? 96 : 0)) {
       out.push(`MILTER_X509_IP_WHITELIST contains ${r.text}: every client skips the certificate check`);
     }
   }

@@ -78,6 +78,8 @@ export interface IpRange {
   readonly bits: number;
   /** As written in the configuration, for logs. */
   readonly text: string;
+  /** Written as IPv4 (its prefix counts within the mapped space). */
+  readonly v4: boolean;
 }
 
 /** `addr` or `addr/prefix`; an IPv4 prefix counts within the mapped space. */
@@ -94,7 +96,7 @@ export function parseRange(text: string): IpRange | undefined {
     if (!/^\d{1,3}$/.test(p) || Number(p) > max) return undefined;
     prefix = Number(p);
   }
-  return { base, bits: isV4 ? 96 + prefix : prefix, text };
+  return { base, bits: isV4 ? 96 + prefix : prefix, text, v4: isV4 };
 }
 
 export function inRange(ip: Uint8Array, range: IpRange): boolean {
@@ -140,6 +142,5 @@ export function hostBitsSet(r: IpRange): string | undefined {
     masked[i]! &= (0xff << (8 - keep)) & 0xff;
   }
   if (masked.every((b, i) => b === r.base[i])) return undefined;
-  const v4 = r.text.includes(".") && !r.text.includes(":");
-  return `${formatIp(masked, v4)}/${v4 ? r.bits - 96 : r.bits}`;
+  return `${formatIp(masked, r.v4)}/${r.v4 ? r.bits - 96 : r.bits}`;
 }
