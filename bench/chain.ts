@@ -43,18 +43,19 @@ const HELP = `usage: bun bench/chain.ts [options]        (as root: it starts a p
   --messages N      messages per run (default 600)
   --repeats N       runs per cell, row order reversed every other repeat; the median counts (default 3)
   --warmup N        messages through each milter row before measuring (default 1500)
-  --rows LIST       none,opendkim,lean,unix,tcp (default all)
+  --rows LIST       none,opendkim,lean,bunlean,unix,tcp (default all)
   --original CMD    also a row with the Python original (a command line; it gets the same
                     MILTER_* environment and MILTER_SOCKET=inet:PORT@127.0.0.1)
   --env NAME=VALUE  more environment for exota-milter (repeatable), e.g. MIMALLOC_PURGE_DELAY=1000
   --json FILE       also write every figure as JSON
   --no-build        use dist/exota-milter as it is`;
 
-type RowKey = "none" | "opendkim" | "lean" | "unix" | "tcp" | "original";
+type RowKey = "none" | "opendkim" | "lean" | "bunlean" | "unix" | "tcp" | "original";
 const ROW_NAMES: Record<RowKey, string> = {
   none: "Postfix, no milter",
   opendkim: "Postfix + OpenDKIM",
   lean: "+ C lean filter, unix",
+  bunlean: "+ Bun lean filter, unix",
   unix: "+ exota-milter, unix",
   tcp: "+ exota-milter, TCP",
   original: "+ Python original, TCP",
@@ -92,8 +93,8 @@ function parse(): Args {
     console.log(HELP);
     process.exit(0);
   }
-  const rows = (a.rows ?? "none,opendkim,lean,unix,tcp").split(",").map((r) => {
-    if (!["none", "opendkim", "lean", "unix", "tcp"].includes(r)) throw new Error(`--rows: ${r}`);
+  const rows = (a.rows ?? "none,opendkim,lean,bunlean,unix,tcp").split(",").map((r) => {
+    if (!["none", "opendkim", "lean", "bunlean", "unix", "tcp"].includes(r)) throw new Error(`--rows: ${r}`);
     return r as RowKey;
   });
   if (a.original !== undefined) rows.push("original");
@@ -243,9 +244,10 @@ async function main(): Promise<number> {
   }
   log("setting up the chain (keys, certificates, OpenDKIM, smtp-sink)");
   const chain = await Chain.create();
-  let original: ChildProcess | undefined, lean: ChildProcess | undefined;
+  let original: ChildProcess | undefined;
+  const leans: ChildProcess[] = [];
   const stopAll = async () => {
-    await Promise.all([original, lean].map(async (child) => {
+    await Promise.all([original, ...leans].map(async (child) => {
       if (child === undefined || child.exitCode !== null) return;
       const exited = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");
@@ -271,10 +273,11 @@ async function main(): Promise<number> {
     for (const row of args.rows) {
       if (row === "none") routes[row] = [];
       else if (row === "opendkim") routes[row] = ["opendkim"];
-      else if (row === "lean") {
-        const sock = join(chain.dir, "lean.sock");
-        lean = await startLean(chain.dir, sock);
-        milters.set(row, { child: lean });
+      else if (row === "lean" || row === "bunlean") {
+        const sock = join(chain.dir, `${row}.sock`);
+        const child = await startLean(row === "lean" ? buildLeanC(chain.dir) : buildLeanBun(chain.dir), sock);
+        leans.push(child);
+        milters.set(row, { child });
         routes[row] = ["opendkim", `unix:${sock}`];
       } else if (row === "unix") {
         const sock = join(chain.dir, "exota.sock");
@@ -300,7 +303,7 @@ async function main(): Promise<number> {
     const delivers = (row: RowKey, raw: string): boolean => {
       if (row === "none") return true;
       const dkim = new RegExp(`^Authentication-Results: ${OPENDKIM_AUTHSERVID.replaceAll(".", "\\.")};\\s+dkim=pass`, "m").test(raw);
-      if (row === "opendkim" || row === "lean") return dkim;
+      if (row === "opendkim" || row === "lean" || row === "bunlean") return dkim;
       return dkim && new RegExp(`^${EXOTA}: [^\\n]*\\n\\s+auth=pass 5322_from_domain=tenant\\.example dkim=True dkim_aligned=True`, "m").test(raw);
     };
 
@@ -442,17 +445,30 @@ function opendkimVersion(): string {
   return /OpenDKIM Filter v(\S+)/.exec(r.stdout.toString())?.[0]?.replace("Filter v", "") ?? "OpenDKIM";
 }
 
-/** bench/reference/lean-filter.c (the C bar of bench:cbar), built and started on a unix socket Postfix can write to. */
-async function startLean(dir: string, sock: string): Promise<ChildProcess> {
+/** bench/reference/lean-filter.c (the C bar of bench:cbar), built into `dir`. */
+function buildLeanC(dir: string): string {
   const bin = join(dir, "lean-filter");
   const b = Bun.spawnSync(["gcc", "-O2", "-Wall", "-o", bin, join(ROOT, "bench/reference/lean-filter.c"), "-lmilter", "-lpthread"], { stdout: "pipe", stderr: "pipe" });
   if (b.exitCode !== 0) throw new Error(`building the C lean filter failed (sudo ./scripts/bench-deps.sh):\n${b.stderr}`);
-  // libmilter makes its socket with the umask: Postfix connects as user postfix.
+  return bin;
+}
+
+/** bench/reference/lean-filter.ts (the same protocol on Bun: the runtime's floor), compiled into `dir` as exota-milter is. */
+function buildLeanBun(dir: string): string {
+  const bin = join(dir, "lean-filter-bun");
+  const b = Bun.spawnSync([process.execPath, "build", "--compile", join(ROOT, "bench/reference/lean-filter.ts"), "--outfile", bin], { stdout: "pipe", stderr: "pipe" });
+  if (b.exitCode !== 0) throw new Error(`building the Bun lean filter failed:\n${b.stderr}`);
+  return bin;
+}
+
+/** A lean filter (`bin -p unix:SOCK`) started on a unix socket Postfix can write to. */
+async function startLean(bin: string, sock: string): Promise<ChildProcess> {
+  // libmilter and Bun make the socket with the umask: Postfix connects as user postfix.
   const child = spawn("/bin/sh", ["-c", 'umask 000 && exec "$0" -p "$1"', bin, `unix:${sock}`], { stdio: "ignore" });
   const until = performance.now() + 30_000;
   while (!(await connectable({ path: sock }))) {
-    if (child.exitCode !== null) throw new Error(`the C lean filter exited (${child.exitCode})`);
-    if (performance.now() > until) throw new Error(`the C lean filter does not listen on ${sock} after 30 s`);
+    if (child.exitCode !== null) throw new Error(`${bin} exited (${child.exitCode})`);
+    if (performance.now() > until) throw new Error(`${bin} does not listen on ${sock} after 30 s`);
     await Bun.sleep(50);
   }
   return child;
