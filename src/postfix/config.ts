@@ -108,7 +108,10 @@ export function resolveMain(raw: Params): Map<string, string> {
   return new Map([...all].map(([k, v]) => [k, expand(v, all)]));
 }
 
-/** Splits on whitespace, keeping a `{ ... }` group (nested braces balanced) as one word. */
+/**
+ * Splits on separators as Postfix does (mystrtokq): braces, nested, count
+ * anywhere in a word, so `{ ... }` is one word and so is `-o x=${name}`.
+ */
 function words(text: string, separators: RegExp): Parsed<string[]> {
   const out: string[] = [];
   let i = 0;
@@ -118,17 +121,12 @@ function words(text: string, separators: RegExp): Parsed<string[]> {
       continue;
     }
     const start = i;
-    if (text[i] === "{") {
-      let depth = 0;
-      for (; i < text.length; i++) {
-        if (text[i] === "{") depth++;
-        else if (text[i] === "}" && --depth === 0) break;
-      }
-      if (depth !== 0) return { ok: false, error: `missing "}" in ${JSON.stringify(text.slice(start))}` };
-      i++;
-    } else {
-      while (i < text.length && !separators.test(text[i]!) && text[i] !== "{") i++;
+    let depth = 0;
+    for (; i < text.length && (depth > 0 || !separators.test(text[i]!)); i++) {
+      if (text[i] === "{") depth++;
+      else if (text[i] === "}" && depth > 0) depth--;
     }
+    if (depth !== 0) return { ok: false, error: `missing "}" in ${JSON.stringify(text.slice(start))}` };
     out.push(text.slice(start, i));
   }
   return { ok: true, value: out };

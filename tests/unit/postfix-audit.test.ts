@@ -66,6 +66,15 @@ describe("master.cf", () => {
     assert.equal(s[0]!.overrides.get("smtpd_milters"), "inet:a:1, { inet:b:2, default_action=tempfail }");
   });
 
+  it("a brace inside a word does not split it (Postfix's mystrtokq): -o name=${other}", () => {
+    const s = ok(parseMaster("smtp inet n - y - - smtpd -o milter_helo_macros=${milter_connect_macros} -o{milter_protocol=6}"));
+    assert.deepEqual([...s[0]!.overrides], [["milter_helo_macros", "${milter_connect_macros}"], ["milter_protocol", "6"]]);
+    assert.deepEqual(ok(parseMilterList("inet:${host}:1, { inet:b:2, x=${y} }")).map((e) => [e.socket, [...e.options]]), [
+      ["inet:${host}:1", []],
+      ["inet:b:2", [["x", "${y}"]]],
+    ]);
+  });
+
   it("short lines, -o without a value and unbalanced braces are errors", () => {
     assert.match((parseMaster("smtp inet n - y smtpd") as { error: string }).error, /line 1: a service needs 8 fields/);
     assert.match((parseMaster("smtp inet n - y - - smtpd -o") as { error: string }).error, /-o needs name=value/);
