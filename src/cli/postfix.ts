@@ -18,6 +18,7 @@ import {
   POSTFIX_DEFAULTS,
   type PostfixConfig,
   resolveMain,
+  resolveServices,
 } from "../postfix/config.ts";
 
 /** Debian's postconf is in /usr/sbin, which a normal user's PATH often lacks. */
@@ -44,7 +45,8 @@ function run(cmd: string, args: readonly string[]): Promise<Parsed<string>> {
  * The configuration in `dir` (Postfix's default directory when undefined):
  * through `postconf -x` (main.cf, defaults included), `postconf -M` and
  * `postconf -P -x` (master.cf services and their `-o` overrides); without
- * postconf, main.cf and master.cf parsed here.
+ * postconf, main.cf and master.cf parsed and expanded here. Either way every
+ * `$name` is expanded once, here or by `-x`, never again by the audit.
  */
 export async function readPostfixConfig(
   dir: string | undefined,
@@ -67,7 +69,10 @@ export async function readPostfixConfig(
     if (!main.ok) return main;
     const services = parseMaster(masterText.value, `${confDir}/master.cf`);
     if (!services.ok) return services;
-    return { ok: true, value: { main: resolveMain(main.value), services: services.value, source: `${confDir}/main.cf and master.cf (no postconf found)` } };
+    return {
+      ok: true,
+      value: { main: resolveMain(main.value), services: resolveServices(main.value, services.value), source: `${confDir}/main.cf and master.cf (no postconf found)` },
+    };
   }
   const c = dir === undefined ? [] : ["-c", dir];
   // Named parameters only: postconf prints nothing (not even an empty line) for a name it does not know.

@@ -10,7 +10,6 @@
  */
 import { hostPort, type SocketSpec } from "../server/socket-spec.ts";
 import {
-  expand,
   formatMilterList,
   type MilterEntry,
   parseMilterList,
@@ -248,10 +247,10 @@ export function auditPostfix(conf: PostfixConfig, facts: MilterFacts): AuditResu
   return { problems: [...problems.values()], notes };
 }
 
-/** A service's value of a parameter: its -o override, else main.cf. */
+/** A service's value of a parameter: its -o override (expanded by the reader, as postconf -P -x does), else main.cf. */
 function valueFor(conf: PostfixConfig, svc: Service, name: string): Value {
   const o = svc.overrides.get(name);
-  if (o !== undefined) return { name, value: expand(o, conf.main), where: `master.cf ${svc.name}/${svc.type} -o` };
+  if (o !== undefined) return { name, value: o, where: `master.cf ${svc.name}/${svc.type} -o` };
   return { name, value: conf.main.get(name) ?? "", where: "main.cf" };
 }
 

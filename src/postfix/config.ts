@@ -18,11 +18,13 @@ export interface Service {
   readonly chroot: string;
   /** The command's program name (smtpd, postscreen, ...). */
   readonly command: string;
+  /** The `-o` overrides: as written from parseMaster, expanded in a PostfixConfig. */
   readonly overrides: Params;
 }
 
+/** The values in force, as `postconf -x` and `postconf -P -x` print them: `$name` expanded once. */
 export interface PostfixConfig {
-  /** main.cf values, defaults included, `$name` expanded. */
+  /** main.cf values, defaults included. */
   readonly main: Params;
   readonly services: readonly Service[];
 }
@@ -102,10 +104,24 @@ export function expand(value: string, params: Params, depth = 0): string {
   );
 }
 
+const expandAll = (values: Params, params: Params) => new Map([...values].map(([k, v]) => [k, expand(v, params)]));
+
 /** main.cf as written -> the values in force: defaults for what is missing, every value expanded. */
 export function resolveMain(raw: Params): Map<string, string> {
   const all = new Map([...POSTFIX_DEFAULTS, ...raw]);
-  return new Map([...all].map(([k, v]) => [k, expand(v, all)]));
+  return expandAll(all, all);
+}
+
+/**
+ * master.cf services as written, over main.cf as written -> their `-o`
+ * values in force, as `postconf -P -x` prints them: smtpd sets its `-o`
+ * values before it expands any, so `$name` sees main.cf (defaults
+ * included) and the service's own overrides. Expanded from the raw values,
+ * so a `$$` is undone once.
+ */
+export function resolveServices(rawMain: Params, services: readonly Service[]): Service[] {
+  const all = new Map([...POSTFIX_DEFAULTS, ...rawMain]);
+  return services.map((s) => ({ ...s, overrides: expandAll(s.overrides, new Map([...all, ...s.overrides])) }));
 }
 
 /**

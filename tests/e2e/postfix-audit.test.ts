@@ -131,6 +131,22 @@ describe("check --postfix with the real postconf", () => {
     assert.deepEqual(p.services, ["127.0.0.1:2500/inet"]);
   });
 
+  it("a -o value naming another -o override ($name) is expanded with it, as smtpd does", T, async () => {
+    const options = { exota_action: "accept", milter_default_action: "$exota_action" };
+    const p = await onlyProblem({ listener: { options } }, "milter_default_action", {
+      listener: { options, milters: `${OPENDKIM}, { ${EXOTA}, default_action=tempfail }` },
+    });
+    assert.deepEqual([p.value, p.where], ["accept", "master.cf 127.0.0.1:2500/inet -o"]);
+  });
+
+  it("a -o value with $$ (a literal $) is expanded once", T, async () => {
+    const p = await onlyProblem({ listener: { milters: `${EXOTA}, unix:/run/open$$dkim/sock` } }, "smtpd_milters", {
+      listener: { milters: `unix:/run/open$$dkim/sock, ${EXOTA}` },
+    });
+    assert.equal(p.value, `${EXOTA}, unix:/run/open$dkim/sock`);
+    assert.match(p.why, /before unix:\/run\/open\$dkim\/sock/);
+  });
+
   it("`default_action = tempfail` with spaces: Postfix cannot parse the list", T, async () => {
     const p = await onlyProblem({ listener: { milters: `${OPENDKIM}, { ${EXOTA}, default_action = tempfail }` } }, "smtpd_milters", {
       listener: { milters: `${OPENDKIM}, { ${EXOTA}, default_action=tempfail }` },

@@ -16,6 +16,7 @@ import {
   parseServiceParams,
   type PostfixConfig,
   resolveMain,
+  resolveServices,
 } from "../../src/postfix/config.ts";
 
 function ok<T>(r: { ok: true; value: T } | { ok: false; error: string }): T {
@@ -81,6 +82,22 @@ describe("master.cf", () => {
     assert.match((parseMaster("smtp inet n - y - - smtpd -o { a = b") as { error: string }).error, /missing "}"/);
   });
 
+  it("-o values expanded once, over main.cf and the service's own overrides, as postconf -P -x prints them (Postfix 3.7)", () => {
+    const main = ok(parseParams("my_action = accept\nlit = a$$b\nref = $lit\n"));
+    const s = resolveServices(main, ok(parseMaster(
+      "smtp inet n - n - - smtpd -o milter_default_action=$my_action -o smtpd_tls_CApath=x$$y -o smtpd_tls_CAfile=$smtpd_tls_CApath" +
+        " -o milter_protocol=$ref -o receive_override_options=$$my_action -o milter_helo_macros=${milter_protocol}",
+    )));
+    assert.deepEqual([...s[0]!.overrides], [
+      ["milter_default_action", "accept"],
+      ["smtpd_tls_CApath", "x$y"],
+      ["smtpd_tls_CAfile", "x$y"],
+      ["milter_protocol", "a$b"],
+      ["receive_override_options", "$my_action"],
+      ["milter_helo_macros", "a$b"],
+    ]);
+  });
+
   it("postconf -P output, service names with colons", () => {
     const p = ok(parseServiceParams("smtp/inet/smtpd_milters = inet:a:1, { inet:b:2, default_action=tempfail }\n127.0.0.1:10025/inet/smtpd_milters =\n"));
     assert.equal(p.get("smtp/inet")!.get("smtpd_milters"), "inet:a:1, { inet:b:2, default_action=tempfail }");
@@ -131,8 +148,10 @@ const GOOD_MAIN = {
   smtpd_tls_CAfile: "/etc/ssl/certs/ca-certificates.crt",
 };
 
+/** As the fallback reader builds it from main.cf and master.cf. */
 function conf(main: Record<string, string> = {}, master = "smtp inet n - y - - smtpd\n"): PostfixConfig {
-  return { main: resolveMain(new Map(Object.entries({ ...GOOD_MAIN, ...main }))), services: ok(parseMaster(master)) };
+  const raw = new Map(Object.entries({ ...GOOD_MAIN, ...main }));
+  return { main: resolveMain(raw), services: resolveServices(raw, ok(parseMaster(master))) };
 }
 const settings = (c: PostfixConfig, facts: MilterFacts = FACTS) => auditPostfix(c, facts).problems.map((p) => p.setting);
 
@@ -162,6 +181,20 @@ describe("the audit", () => {
     const svc = "smtp inet n - y - - smtpd -o milter_default_action=accept -o smtpd_milters=inet:127.0.0.1:8891,inet:127.0.0.1:4321\n";
     assert.equal(auditPostfix(conf({}, svc), FACTS).problems[0]!.fix, "-o { smtpd_milters = inet:127.0.0.1:8891, { inet:127.0.0.1:4321, default_action=tempfail } }");
     assert.deepEqual(settings(conf({}, "smtp inet n - y - - smtpd -o smtpd_milters=inet:127.0.0.1:4321\n")), ["smtpd_milters"]);
+  });
+
+  it("-o values are taken as the reader expanded them: a `$` left by `$$` stays", () => {
+    // postconf -P -x prints `-o smtpd_milters=inet:127.0.0.1:4321,unix:/run/open$$dkim/sock` so.
+    const c = conf();
+    const svc = { ...c.services[0]!, overrides: new Map([["smtpd_milters", "inet:127.0.0.1:4321, unix:/run/open$dkim/sock"]]) };
+    const p = auditPostfix({ main: c.main, services: [svc] }, FACTS).problems;
+    assert.deepEqual(p.map((x) => [x.setting, x.value, x.fix]), [
+      ["smtpd_milters", "inet:127.0.0.1:4321, unix:/run/open$dkim/sock", "-o { smtpd_milters = unix:/run/open$dkim/sock, inet:127.0.0.1:4321 }"],
+    ]);
+    assert.match(p[0]!.why, /before unix:\/run\/open\$dkim\/sock/);
+    // From master.cf as written, through the fallback reader: the same.
+    const own = auditPostfix(conf({}, "smtp inet n - y - - smtpd -o { smtpd_milters = inet:127.0.0.1:4321, unix:/run/open$$dkim/sock }\n"), FACTS).problems;
+    assert.deepEqual(own, p);
   });
 
   it("a problem of main.cf shared by two services is reported once, naming both", () => {
