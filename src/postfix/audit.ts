@@ -90,8 +90,13 @@ function looksLikeDkimVerifier(e: MilterEntry): boolean {
   return /dkim|rspamd/i.test(e.socket) || (s?.kind === "tcp" && [8891, 8892, 11332].includes(s.port));
 }
 
-/** How a value is written where it came from: a main.cf line or a master.cf -o option. */
-function line(v: Value, value: string): string {
+/**
+ * How a value is written where it came from: a main.cf line or a master.cf
+ * -o option. Values are expanded, so a `$` in one is written `$$`: else
+ * Postfix would read what follows it as a parameter name.
+ */
+function line(v: Value, expanded: string): string {
+  const value = expanded.replaceAll("$", () => "$$");
   if (v.where === "main.cf") return `${v.name} = ${value}`;
   return /\s/.test(value) ? `-o { ${v.name} = ${value} }` : `-o ${v.name}=${value}`;
 }

@@ -139,11 +139,12 @@ describe("check --postfix with the real postconf", () => {
     assert.deepEqual([p.value, p.where], ["accept", "master.cf 127.0.0.1:2500/inet -o"]);
   });
 
-  it("a -o value with $$ (a literal $) is expanded once", T, async () => {
+  it("a -o value with $$ (a literal $) is expanded once, and written $$ in the fix line", T, async () => {
     const p = await onlyProblem({ listener: { milters: `${EXOTA}, unix:/run/open$$dkim/sock` } }, "smtpd_milters", {
       listener: { milters: `unix:/run/open$$dkim/sock, ${EXOTA}` },
     });
     assert.equal(p.value, `${EXOTA}, unix:/run/open$dkim/sock`);
+    assert.equal(fixValue(p), `unix:/run/open$$dkim/sock, ${EXOTA}`, "the fix line writes the literal $ as $$");
     assert.match(p.why, /before unix:\/run\/open\$dkim\/sock/);
   });
 

@@ -183,18 +183,23 @@ describe("the audit", () => {
     assert.deepEqual(settings(conf({}, "smtp inet n - y - - smtpd -o smtpd_milters=inet:127.0.0.1:4321\n")), ["smtpd_milters"]);
   });
 
-  it("-o values are taken as the reader expanded them: a `$` left by `$$` stays", () => {
+  it("-o values are taken as the reader expanded them: a `$` left by `$$` stays, and the fix line writes it `$$`", () => {
     // postconf -P -x prints `-o smtpd_milters=inet:127.0.0.1:4321,unix:/run/open$$dkim/sock` so.
     const c = conf();
     const svc = { ...c.services[0]!, overrides: new Map([["smtpd_milters", "inet:127.0.0.1:4321, unix:/run/open$dkim/sock"]]) };
     const p = auditPostfix({ main: c.main, services: [svc] }, FACTS).problems;
     assert.deepEqual(p.map((x) => [x.setting, x.value, x.fix]), [
-      ["smtpd_milters", "inet:127.0.0.1:4321, unix:/run/open$dkim/sock", "-o { smtpd_milters = unix:/run/open$dkim/sock, inet:127.0.0.1:4321 }"],
+      ["smtpd_milters", "inet:127.0.0.1:4321, unix:/run/open$dkim/sock", "-o { smtpd_milters = unix:/run/open$$dkim/sock, inet:127.0.0.1:4321 }"],
     ]);
     assert.match(p[0]!.why, /before unix:\/run\/open\$dkim\/sock/);
     // From master.cf as written, through the fallback reader: the same.
     const own = auditPostfix(conf({}, "smtp inet n - y - - smtpd -o { smtpd_milters = inet:127.0.0.1:4321, unix:/run/open$$dkim/sock }\n"), FACTS).problems;
     assert.deepEqual(own, p);
+  });
+
+  it("a `$` in a main.cf value is written `$$` in its fix line", () => {
+    const p = auditPostfix(conf({ smtpd_milters: "inet:127.0.0.1:4321, unix:/run/open$$dkim/sock" }), FACTS).problems;
+    assert.deepEqual(p.map((x) => [x.value, x.fix]), [["inet:127.0.0.1:4321, unix:/run/open$dkim/sock", "smtpd_milters = unix:/run/open$$dkim/sock, inet:127.0.0.1:4321"]]);
   });
 
   it("a problem of main.cf shared by two services is reported once, naming both", () => {
