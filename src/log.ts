@@ -84,54 +84,106 @@ export function formatRecord(format: LogFormat, name: string, record: LogRecord)
   }
 }
 
+/** write(2) of `bytes` from `offset`: how many it took, or a throw with the errno's `code`. */
+export type WriteFd = (bytes: Uint8Array, offset: number) => number;
+
 /**
- * All of `text` to fd 2 with write(2), as process.stderr does for files and
- * pipes on Linux, without its stream (whose set-up costs ~7 ms of start-up,
- * and whose error event on a full disk or a vanished reader would end the
- * process). Logging never takes mail down: what a failing fd refuses
- * (ENOSPC, EPIPE, EIO) is dropped and counted. What a full non-blocking fd
- * refuses (EAGAIN) waits, up to BACKLOG_MAX bytes, and is retried shortly.
+ * All of each text to a file descriptor with write(2), as process.stderr
+ * does for files and pipes on Linux, without its stream (whose set-up costs
+ * ~7 ms of start-up, and whose error event on a full disk or a vanished
+ * reader would end the process). Logging never takes mail down: what a
+ * failing fd refuses (ENOSPC, EPIPE, EIO) is dropped and counted. What a
+ * full non-blocking fd refuses (EAGAIN) waits, up to `max` bytes, and is
+ * retried by `later` and by the next text.
  */
-function writeStderr(text: string): void {
-  let bytes = encoder.encode(text);
-  if (backlog !== undefined) {
-    if (backlog.length + bytes.length > BACKLOG_MAX) return drop(bytes);
-    const all = new Uint8Array(backlog.length + bytes.length);
-    all.set(backlog);
-    all.set(bytes, backlog.length);
-    bytes = all;
-    backlog = undefined;
+export class FdWriter {
+  /** What waits after EAGAIN, in order from #head: chunks, so a retry while the fd stays full copies nothing. */
+  #backlog: Uint8Array[] = [];
+  #head = 0;
+  #waiting = 0;
+  #retrying = false;
+  #dropped = 0;
+  readonly #write: WriteFd;
+  readonly #later: (retry: () => void) => void;
+  readonly #max: number;
+
+  constructor(write: WriteFd, later: (retry: () => void) => void, max = 1 << 20) {
+    this.#write = write;
+    this.#later = later;
+    this.#max = max;
   }
-  let done = 0;
-  try {
-    while (done < bytes.length) done += writeSync(2, bytes, done);
-  } catch (e) {
-    const rest = bytes.subarray(done);
-    if ((e as { code?: string }).code !== "EAGAIN") return drop(rest);
-    backlog = rest;
-    if (retry === undefined) {
-      retry = setTimeout(() => {
-        retry = undefined;
-        if (backlog !== undefined) writeStderr("");
-      }, 10);
-      retry.unref?.();
+
+  /** Lines the fd did not take (a line cut short counts). */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  write(text: string): void {
+    const bytes = encoder.encode(text);
+    if (this.#waiting > 0) {
+      if (this.#waiting + bytes.length > this.#max) return this.#drop(bytes);
+      this.#backlog.push(bytes);
+      this.#waiting += bytes.length;
+      return this.#flush();
+    }
+    const done = this.#writeAll(bytes);
+    if (done < bytes.length) {
+      this.#backlog.push(bytes.subarray(done));
+      this.#waiting = bytes.length - done;
+      this.#retryLater();
     }
   }
-}
-const BACKLOG_MAX = 1 << 20;
-let backlog: Uint8Array | undefined;
-let retry: ReturnType<typeof setTimeout> | undefined;
-const encoder = new TextEncoder();
 
-/** Lines standard error did not take (a line cut short counts). */
-let dropped = 0;
-function drop(bytes: Uint8Array): void {
-  for (const b of bytes) if (b === 10) dropped++;
+  /** How much of `bytes` left before EAGAIN; what another error refuses is dropped (and counts as left). */
+  #writeAll(bytes: Uint8Array): number {
+    let done = 0;
+    try {
+      while (done < bytes.length) done += this.#write(bytes, done);
+    } catch (e) {
+      if ((e as { code?: string }).code === "EAGAIN") return done;
+      this.#drop(bytes.subarray(done));
+      return bytes.length;
+    }
+    return done;
+  }
+
+  #flush(): void {
+    while (this.#head < this.#backlog.length) {
+      const chunk = this.#backlog[this.#head]!;
+      const done = this.#writeAll(chunk);
+      this.#waiting -= done;
+      if (done < chunk.length) {
+        this.#backlog[this.#head] = chunk.subarray(done);
+        return this.#retryLater();
+      }
+      this.#head++;
+    }
+    this.#backlog = [];
+    this.#head = 0;
+  }
+
+  #retryLater(): void {
+    if (this.#retrying) return;
+    this.#retrying = true;
+    this.#later(() => {
+      this.#retrying = false;
+      this.#flush();
+    });
+  }
+
+  #drop(bytes: Uint8Array): void {
+    for (const b of bytes) if (b === 10) this.#dropped++;
+  }
 }
+const encoder = new TextEncoder();
+const stderr = new FdWriter((bytes, offset) => writeSync(2, bytes, offset), (retry) => {
+  const t = setTimeout(retry, 10);
+  t.unref?.();
+});
 
 /** How many log lines were dropped so far, for the metrics. */
 export function droppedLogLines(): number {
-  return dropped;
+  return stderr.dropped;
 }
 
 /**
@@ -149,7 +201,7 @@ class LineBuffer {
     if (this.#pending === "") return;
     const text = this.#pending;
     this.#pending = "";
-    writeStderr(text);
+    stderr.write(text);
   };
   add(line: string, urgent: boolean): void {
     this.#pending += line;
