@@ -18,7 +18,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, 
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, type MilterProcess, startMilter } from "../lib/milter-process.ts";
+import { freePort, type MilterProcess, sleep, startMilter } from "../lib/milter-process.ts";
 
 export const TOOLS = {
   postfix: "/usr/sbin/postfix",
@@ -110,7 +110,7 @@ export async function waitUntil(what: string, check: () => boolean | Promise<boo
   for (;;) {
     if (await check()) return;
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, stepMs));
+    await sleep(stepMs);
   }
 }
 

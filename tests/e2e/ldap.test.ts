@@ -10,6 +10,7 @@ import { after, describe, it } from "node:test";
 import { buildMessage, Chain, exotaEnv, RELAXED_TENANT } from "./chain.ts";
 import { assertAccepted, assertRejected, assertTempfailed } from "./helpers.ts";
 import { samplePolicyEnv, type Slapd, startSlapd } from "../lib/slapd.ts";
+import { sleep } from "../lib/milter-process.ts";
 
 /** Per test: bun's default is 5 s. */
 const T = { timeout: 30_000 };
@@ -78,7 +79,7 @@ describe("policy from LDAP", () => {
     const until = Date.now() + 20_000;
     let last = r;
     while (last.code !== 250 && Date.now() < until) {
-      await new Promise((res) => setTimeout(res, 500));
+      await sleep(500);
       last = await chain.swaks("ldap", m);
       if (last.code !== 250) assertTempfailed(last, "Policy backend problem");
     }

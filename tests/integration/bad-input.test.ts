@@ -27,7 +27,7 @@ import {
   dkimPass,
 } from "../lib/fixtures.ts";
 import { MilterClient, rawFrame } from "../lib/milter-client.ts";
-import { runMilter, RUNTIME } from "../lib/milter-process.ts";
+import { runMilter, RUNTIME, sleep } from "../lib/milter-process.ts";
 import pkg from "../../package.json" with { type: "json" };
 
 const ENV = {
@@ -248,7 +248,7 @@ describe("resource limits", () => {
           await d.quit();
           served = true;
         } catch {
-          await new Promise((r) => setTimeout(r, 25));
+          await sleep(25);
         } finally {
           d.destroy();
         }

@@ -12,11 +12,9 @@ import { after, before, describe, it } from "node:test";
 import { accepted, message, policyFile, rejected, removeScratch, scratchDir, startTcpMilter, type TcpMilter } from "../lib/fixtures.ts";
 import { scrape, series } from "../lib/metrics.ts";
 import { MilterClient, ProtocolError, rawFrame } from "../lib/milter-client.ts";
-import { freePort, MILTER_COMMAND } from "../lib/milter-process.ts";
+import { freePort, MILTER_COMMAND, sleep } from "../lib/milter-process.ts";
 
 after(removeScratch);
-
-const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
 
 /** Sends `bytes` one at a time every `everyMs` until done or the connection is closed; resolves when closed. */
 async function trickle(c: MilterClient, bytes: Uint8Array, everyMs: number): Promise<void> {

@@ -35,7 +35,7 @@ import {
   ALL_CHECKS_ENV,
 } from "../lib/fixtures.ts";
 import type { MessageSpec } from "../lib/milter-client.ts";
-import { freePort, runMilter } from "../lib/milter-process.ts";
+import { freePort, runMilter, sleep } from "../lib/milter-process.ts";
 import { BASE, BIND_DN, BIND_PW, type Slapd, startSlapd } from "../lib/slapd.ts";
 
 const QID = "4XYZ1234AB";
@@ -124,8 +124,6 @@ const TEMPFAILED: Reply[] = [{
   code: 450,
   text: `4.7.1 queue_id: ${QID} - Service temporarily not available! Please try again later. - reason: Policy backend problem`,
 }];
-
-const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
 
 let slapd: Slapd;
 before(async () => {

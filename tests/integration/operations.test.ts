@@ -32,7 +32,7 @@ import {
 } from "../lib/fixtures.ts";
 import { MilterClient, POSTFIX_OFFER } from "../lib/milter-client.ts";
 import { Proto } from "../../src/milter/protocol.ts";
-import { freePort, type MilterProcess, runMilter, startMilter } from "../lib/milter-process.ts";
+import { freePort, type MilterProcess, runMilter, sleep, startMilter } from "../lib/milter-process.ts";
 import { httpGet, scrape, series } from "../lib/metrics.ts";
 import type { Reply } from "../../src/milter/types.ts";
 
@@ -61,8 +61,6 @@ async function exitWithin(p: MilterProcess, ms: number): Promise<number | null> 
     clearTimeout(timer);
   }
 }
-
-const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
 
 /** Replaces a file atomically, as an editor or config management does: write elsewhere, rename over. */
 function replaceAtomically(path: string, content: string): void {

@@ -21,7 +21,7 @@ import {
   TRUSTED_AUTHSERVID,
 } from "../lib/fixtures.ts";
 import { MilterClient, rawFrame, type Target } from "../lib/milter-client.ts";
-import { freePort, MILTER_COMMAND, type MilterProcess, ROOT, runMilter, startMilter } from "../lib/milter-process.ts";
+import { freePort, MILTER_COMMAND, type MilterProcess, ROOT, runMilter, sleep, startMilter } from "../lib/milter-process.ts";
 
 after(removeScratch);
 
@@ -262,7 +262,6 @@ describe("back-pressure: an MTA that does not read the replies", () => {
       await new Promise<void>((res, rej) => s.once("connect", res).once("error", rej));
       s.write(flood);
       // Wait until the milter takes no more.
-      const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
       for (let last = -1, same = 0; same < 3; await sleep(100)) {
         same = s.writableLength === last ? same + 1 : 0;
         last = s.writableLength;

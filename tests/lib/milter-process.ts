@@ -82,6 +82,8 @@ export function writePolicy(policy: unknown, dir = tempDir()): string {
 /** Ports handed out by this process: the kernel may give a closed port out again. */
 const handedOut = new Set<number>();
 
+export const sleep = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+
 /**
  * A loopback TCP port nobody listens on, and one this process has not handed
  * out before: two routes of the e2e chain once got the same port, and Postfix
