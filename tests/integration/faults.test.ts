@@ -29,17 +29,14 @@ const SLOW_HEADER = rawFrame(0x4c, new TextEncoder().encode(`X-Slow\0${"x".repea
 
 describe("slow clients", () => {
   let m: TcpMilter;
-  let metricsPort: number;
   const SLOTS = 8;
   before(async () => {
-    metricsPort = await freePort();
     m = await startTcpMilter({
       MILTER_POLICY_FILE: policyFile(),
       MILTER_IDLE_TIMEOUT: "2",
       MILTER_MAX_CONNECTIONS: String(SLOTS),
-      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
       LOG_FORMAT: "text",
-    });
+    }, { metrics: true });
   });
   after(async () => {
     await m?.proc.stop();
@@ -70,7 +67,7 @@ describe("slow clients", () => {
       const lines = m.proc.log().slice(from).split("\n").filter((l) => l.includes("frame not complete 2 s after its first byte"));
       assert.equal(lines.length, SLOTS, m.proc.log().slice(from));
       assert.match(lines[0]!, /WARNING .*closing connection: "frame not complete 2 s after its first byte" conn=\d+/);
-      const s = await scrape(metricsPort);
+      const s = await m.scrape();
       assert.equal(series(s, "exota_milter_connections_timed_out_total")['exota_milter_connections_timed_out_total{timeout="frame"}'], SLOTS);
     } finally {
       for (const c of slow) c.destroy();
@@ -80,16 +77,13 @@ describe("slow clients", () => {
 
 describe("MILTER_MESSAGE_TIMEOUT", () => {
   let m: TcpMilter;
-  let metricsPort: number;
   before(async () => {
-    metricsPort = await freePort();
     m = await startTcpMilter({
       MILTER_POLICY_FILE: policyFile(),
       MILTER_IDLE_TIMEOUT: "2",
       MILTER_MESSAGE_TIMEOUT: "3",
-      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
       LOG_FORMAT: "text",
-    });
+    }, { metrics: true });
   });
   after(async () => {
     await m?.proc.stop();
@@ -121,7 +115,7 @@ describe("MILTER_MESSAGE_TIMEOUT", () => {
       assert.ok((await steadyRun) >= 8);
       assert.equal(steady.closed, false);
       await m.proc.waitForLog(/WARNING .*closing connection: "message not finished 3 s after MAIL \(MILTER_MESSAGE_TIMEOUT\)"/, 1000, from);
-      const s = await scrape(metricsPort);
+      const s = await m.scrape();
       assert.deepEqual(series(s, "exota_milter_connections_timed_out_total"), {
         'exota_milter_connections_timed_out_total{timeout="idle"}': 0,
         'exota_milter_connections_timed_out_total{timeout="frame"}': 0,
@@ -315,13 +309,11 @@ describe("SIGTERM", () => {
 
 describe("a flood at MILTER_MAX_CONNECTIONS", () => {
   it("200 refused connections: one WARNING line at once, one line with the count 10 s later, every one in the metrics", { timeout: 60_000 }, async () => {
-    const metricsPort = await freePort();
     const m = await startTcpMilter({
       MILTER_POLICY_FILE: policyFile(),
       MILTER_MAX_CONNECTIONS: "2",
-      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
       LOG_FORMAT: "text",
-    });
+    }, { metrics: true });
     const held = [await m.connect(), await m.connect()];
     try {
       for (const c of held) await c.negotiate();
@@ -337,7 +329,7 @@ describe("a flood at MILTER_MAX_CONNECTIONS", () => {
           }
         }));
       }
-      const s = await scrape(metricsPort);
+      const s = await m.scrape();
       assert.deepEqual(series(s, "exota_milter_connections_refused_total"), {
         'exota_milter_connections_refused_total{reason="limit"}': 200,
         'exota_milter_connections_refused_total{reason="shutting_down"}': 0,

@@ -33,7 +33,7 @@ import {
 import { MilterClient, POSTFIX_OFFER } from "../lib/milter-client.ts";
 import { Proto } from "../../src/milter/protocol.ts";
 import { freePort, type MilterProcess, runMilter, sleep, startMilter } from "../lib/milter-process.ts";
-import { httpGet, scrape, series } from "../lib/metrics.ts";
+import { httpGet, series } from "../lib/metrics.ts";
 import type { Reply } from "../../src/milter/types.ts";
 
 after(removeScratch);
@@ -136,8 +136,8 @@ describe("policy reload", () => {
   after(async () => {
     for (const p of procs) await p.stop();
   });
-  const start = async (env: Record<string, string>) => {
-    const m = await startTcpMilter(env);
+  const start = async (env: Record<string, string>, opts: { metrics?: boolean } = {}) => {
+    const m = await startTcpMilter(env, opts);
     procs.push(m.proc);
     return m;
   };
@@ -195,14 +195,8 @@ describe("policy reload", () => {
   });
 
   it("SIGHUP reloads (the file alone does not with MILTER_POLICY_WATCH=false); an invalid or missing file is refused, the old policy stays", async () => {
-    const metricsPort = await freePort();
     const path = policyFile(POLICY_OLD);
-    const m = await start({
-      ...RELOAD_ENV,
-      MILTER_POLICY_FILE: path,
-      MILTER_POLICY_WATCH: "false",
-      MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
-    });
+    const m = await start({ ...RELOAD_ENV, MILTER_POLICY_FILE: path, MILTER_POLICY_WATCH: "false" }, { metrics: true });
     assert.deepEqual(await decide(m, "tenant.example", "H1"), CONTINUE);
 
     // Replaced on disk, no signal: nothing changes (the watch would have fired after 300 ms).
@@ -237,7 +231,7 @@ describe("policy reload", () => {
     assert.match(m.proc.log().slice(mark), new RegExp(`"error":"cannot read policy file ${path.replace(/[.\\]/g, "\\$&")}: ENOENT`));
     assert.deepEqual(await decide(m, "new.example", "H9"), CONTINUE);
 
-    const s = await scrape(metricsPort);
+    const s = await m.scrape();
     assert.deepEqual(series(s, "exota_milter_policy_reloads_total"), {
       'exota_milter_policy_reloads_total{result="ok"}': 1,
       'exota_milter_policy_reloads_total{result="failed"}': 2,
@@ -268,13 +262,12 @@ describe("policy reload", () => {
   });
 
   it("a file change reloads (atomic replace): invalid then valid, while mail flows on several connections", async () => {
-    const metricsPort = await freePort();
     // A directory of its own: the watch sees only this file's changes.
     const dir = join(scratchDir(), "etc");
     mkdirSync(dir);
     const path = join(dir, "policy.json");
     writeFileSync(path, JSON.stringify(POLICY_OLD, null, 2));
-    const m = await start({ ...RELOAD_ENV, MILTER_POLICY_FILE: path, MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}` });
+    const m = await start({ ...RELOAD_ENV, MILTER_POLICY_FILE: path }, { metrics: true });
 
     interface Result {
       readonly conn: number;
@@ -371,7 +364,7 @@ describe("policy reload", () => {
     assert.ok(oldDuringInvalid > 0, "messages were decided while the invalid policy was on disk");
     assert.ok(oldOnly > 0 && newOnly > 0, `both policies decided messages (old ${oldOnly}, new ${newOnly})`);
 
-    const s = await scrape(metricsPort);
+    const s = await m.scrape();
     assert.deepEqual(series(s, "exota_milter_policy_reloads_total"), {
       'exota_milter_policy_reloads_total{result="ok"}': 1,
       'exota_milter_policy_reloads_total{result="failed"}': 1,
@@ -1097,14 +1090,13 @@ describe("metrics", () => {
   let m: TcpMilter;
   let port: number;
   before(async () => {
-    port = await freePort();
     m = await startTcpMilter({
       MILTER_POLICY_FILE: policyFile(),
       MILTER_X509_ENABLED: "true",
       MILTER_DKIM_ENABLED: "true",
       MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-      MILTER_METRICS_LISTEN: `127.0.0.1:${port}`,
-    });
+    }, { metrics: true });
+    port = m.metricsPort!;
   });
   after(() => m?.proc.stop());
 
@@ -1113,7 +1105,7 @@ describe("metrics", () => {
   });
 
   it("counts known numbers of accepted and rejected messages exactly", async () => {
-    const before = await scrape(port);
+    const before = await m.scrape();
     assert.deepEqual(series(before, "exota_milter_messages_total"), {});
     assert.equal(before.get("exota_milter_decision_seconds_count"), 0);
     assert.equal(before.get("exota_milter_connections_open"), 0);
@@ -1146,7 +1138,7 @@ describe("metrics", () => {
       );
       await idle.negotiate();
 
-      const s = await scrape(port);
+      const s = await m.scrape();
       assert.deepEqual(series(s, "exota_milter_messages_total"), {
         'exota_milter_messages_total{verdict="continue",reason=""}': 3,
         'exota_milter_messages_total{verdict="reject",reason="No policy for 5322.from_domain"}': 2,
@@ -1181,12 +1173,12 @@ describe("metrics", () => {
     // The milter notices the closes a moment later.
     let open: number | undefined;
     for (let i = 0; i < 50; i++) {
-      open = (await scrape(port)).get("exota_milter_connections_open");
+      open = (await m.scrape()).get("exota_milter_connections_open");
       if (open === 0) break;
       await sleep(20);
     }
     assert.equal(open, 0);
-    assert.equal((await scrape(port)).get("exota_milter_connections_total"), 3);
+    assert.equal((await m.scrape()).get("exota_milter_connections_total"), 3);
   });
 
   it("the exposition has HELP and TYPE lines and the text content type", async () => {

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { type ClientInfo, type InetClient, type MessageSpec, MilterClient } from "./milter-client.ts";
 import { rmSync } from "node:fs";
 import { freePort, type MilterProcess, startMilter, tempDir, writePolicy } from "./milter-process.ts";
+import { scrape } from "./metrics.ts";
 import type { Reply } from "../../src/milter/types.ts";
 
 export const TENANT = "1234abcd-18c5-45e8-88de-123456789abc";
@@ -161,14 +162,26 @@ export async function expectReplies(connect: () => Promise<MilterClient>, spec: 
 export interface TcpMilter {
   readonly proc: MilterProcess;
   readonly port: number;
+  /** Where the metrics are served; undefined unless started with `metrics`. */
+  readonly metricsPort: number | undefined;
   connect(): Promise<MilterClient>;
+  /** The metrics' samples (started with `metrics`). */
+  scrape(): Promise<Map<string, number>>;
 }
 
-/** Starts the binary on inet:PORT@127.0.0.1 with `env` on top. */
-export async function startTcpMilter(env: Record<string, string>): Promise<TcpMilter> {
+/** Starts the binary on inet:PORT@127.0.0.1 with `env` on top; with `metrics`, its metrics on another free port. */
+export async function startTcpMilter(env: Record<string, string>, opts: { readonly metrics?: boolean } = {}): Promise<TcpMilter> {
   const port = await freePort();
-  const proc = await startMilter({ env: { MILTER_SOCKET: `inet:${port}@127.0.0.1`, ...env } });
-  return { proc, port, connect: () => MilterClient.connect({ host: "127.0.0.1", port }) };
+  const metricsPort = opts.metrics === true ? await freePort() : undefined;
+  const metricsEnv: Record<string, string> = metricsPort === undefined ? {} : { MILTER_METRICS_LISTEN: `127.0.0.1:${metricsPort}` };
+  const proc = await startMilter({ env: { MILTER_SOCKET: `inet:${port}@127.0.0.1`, ...metricsEnv, ...env } });
+  return {
+    proc,
+    port,
+    metricsPort,
+    connect: () => MilterClient.connect({ host: "127.0.0.1", port }),
+    scrape: () => metricsPort === undefined ? Promise.reject(new Error("started without metrics")) : scrape(metricsPort),
+  };
 }
 
 const scratch: string[] = [];
