@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BINARY, freePort, type MilterProcess, ROOT, RUNTIME, startMilter, tempDir, writePolicy } from "../lib/milter-process.ts";
+import { ALL_CHECKS_ENV } from "../lib/fixtures.ts";
 
 const MILTERTEST = "/usr/bin/miltertest";
 const SCRIPTS = join(ROOT, "tests/miltertest");
@@ -27,13 +28,9 @@ const ALLOWLISTED6 = "2001:db8::25";
 
 /** Everything on, as in the README's recommended set-up. */
 const STRICT: Record<string, string> = {
-  MILTER_TENANT_ID_REQUIRED: "true",
-  MILTER_DKIM_ENABLED: "true",
-  MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
+  ...ALL_CHECKS_ENV,
   MILTER_TRUSTED_AUTHSERVID: TRUSTED,
-  MILTER_X509_ENABLED: "true",
   MILTER_X509_IP_WHITELIST: `${ALLOWLISTED}, ${ALLOWLISTED6}`,
-  MILTER_ADD_HEADER: "true",
   MILTER_AUTHSERVID: AUTHSERVID,
 };
 

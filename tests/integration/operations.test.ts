@@ -760,13 +760,9 @@ describe("report-only mode over the milter protocol", () => {
   before(async () => {
     m = await startTcpMilter({
       MILTER_POLICY_FILE: policyFile(),
+      ...ALL_CHECKS_ENV,
+      MILTER_X509_ENABLED: "false",
       MILTER_REPORT_ONLY: "true",
-      MILTER_TENANT_ID_REQUIRED: "true",
-      MILTER_DKIM_ENABLED: "true",
-      MILTER_DKIM_ALIGNMENT_REQUIRED: "true",
-      MILTER_TRUSTED_AUTHSERVID: TRUSTED_AUTHSERVID,
-      MILTER_ADD_HEADER: "true",
-      MILTER_AUTHSERVID: OUR_AUTHSERVID,
       LOG_FORMAT: "text",
     });
   });
