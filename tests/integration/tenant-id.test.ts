@@ -31,6 +31,8 @@ const BEHAVIOUR: Record<string, "tenant-a" | "tenant-b" | "moved" | "flaky" | "d
 };
 
 const hits = new Map<string, number>();
+/** Requests the stand-in has had, for any path. */
+const requests = () => [...hits.values()].reduce((a, b) => a + b, 0);
 let inFlight = 0;
 let maxInFlight = 0;
 
@@ -153,9 +155,11 @@ describe("tenant-id DOMAIN...", () => {
   });
 
   it("not a domain name: said so, nothing asked", T, async () => {
+    const asked = requests();
     const r = await runMilter(["tenant-id", "a/b"], env());
     assert.equal(r.code, 2, r.output);
     assert.equal(r.output, 'a/b  error: "a/b" is not a domain name\n');
+    assert.equal(requests(), asked, "no request reached the stand-in");
   });
 
   it("--json, one array in the order asked", T, async () => {
