@@ -277,9 +277,9 @@ describe("LDAP filter metacharacters in the From domain", () => {
   let m: TcpMilter;
   let or: TcpMilter;
   before(async () => {
-    m = await startTcpMilter(ldapEnv(slapd));
+    m = await startTcpMilter(ldapEnv(slapd), { metrics: true });
     // Were %d put in unescaped, `x)(cn=tenant.example` would match tenant.example's entry here.
-    or = await startTcpMilter(ldapEnv(slapd, { MILTER_LDAP_QUERY: "(|(associatedDomain=%d)(cn=nonexistent))" }));
+    or = await startTcpMilter(ldapEnv(slapd, { MILTER_LDAP_QUERY: "(|(associatedDomain=%d)(cn=nonexistent))" }), { metrics: true });
   });
   after(async () => {
     await m?.proc.stop();
@@ -307,19 +307,27 @@ describe("LDAP filter metacharacters in the From domain", () => {
     "alice@tenant.example$'",
     "alice@[*]",
   ];
+  /** LDAP searches the milter has sent. */
+  const searches = async (milter: TcpMilter) => (await milter.scrape()).get("exota_milter_ldap_queries_total")!;
+
   for (const fromValue of hostile) {
-    it(`From ${fromValue}: rejected as an invalid From, never accepted`, async () => {
+    it(`From ${fromValue}: rejected as an invalid From, never accepted, never looked up`, async () => {
       for (const milter of [m, or]) {
+        const before = await searches(milter);
         const replies = await exchange(milter, message({ from: fromValue, authResults: [dkimPass("tenant.example")] }));
         assert.deepEqual(replies, reject("Invalid 5322.from header"));
+        assert.equal(await searches(milter), before, "no LDAP search");
       }
     });
   }
 
   it("a hostile Resent-From is never looked up: rejected as invalid", async () => {
-    for (const milter of [m, or]) {
-      const replies = await exchange(milter, from("unknown.example", { resentFrom: "fwd@*" }));
+    for (const [milter, domain] of [[m, "resent-m.example"], [or, "resent-or.example"]] as const) {
+      const before = await searches(milter);
+      // A From domain of its own: its search is not answered from the cache.
+      const replies = await exchange(milter, from(domain, { resentFrom: "fwd@*" }));
       assert.deepEqual(replies, reject("Invalid 5322.resent-from header"));
+      assert.equal(await searches(milter) - before, 1, "one LDAP search: the From domain's, not the Resent-From's");
     }
   });
 
