@@ -178,20 +178,24 @@ describe("policy reload", () => {
     assert.doesNotMatch(strict.proc.log(), /dkim_enabled false/);
   });
 
-  it("a file replaced every 100 ms without pause still reloads within 3 s (the debounce has a maximum wait)", { timeout: 30_000 }, async () => {
+  it("a file replaced every 100 ms without pause still reloads 3 s after the first change (the debounce's maximum wait)", { timeout: 30_000 }, async () => {
     const path = policyFile(POLICY_OLD);
     const m = await start({ MILTER_POLICY_FILE: path, LOG_FORMAT: "text" });
     // The watch begins 200 ms after start-up.
     await sleep(400);
     const mark = m.proc.log().length;
-    const t0 = performance.now();
-    let reloadedAt: number | undefined;
-    for (let i = 0; performance.now() - t0 < 6000 && reloadedAt === undefined; i++) {
+    const t0 = Date.now();
+    let stamp: string | undefined;
+    for (let i = 0; Date.now() - t0 < 6000 && stamp === undefined; i++) {
       replaceAtomically(path, JSON.stringify(i % 2 === 0 ? POLICY_NEW : POLICY_OLD));
       await sleep(100);
-      if (/policy reloaded from/.test(m.proc.log().slice(mark))) reloadedAt = performance.now() - t0;
+      stamp = /^(\S+) INFO exota-milter: policy reloaded from/m.exec(m.proc.log().slice(mark))?.[1];
     }
-    assert.ok(reloadedAt !== undefined && reloadedAt < 4500, `reloaded after ${reloadedAt} ms of constant replacements`);
+    assert.ok(stamp !== undefined, "no reload in 6 s of constant replacements");
+    // By the log line's own time stamp, not by this loop's 100 ms steps; what
+    // is past 3 s is the timer's lateness and the reading of the file.
+    const after = Date.parse(stamp) - t0;
+    assert.ok(after >= 3000 && after < 3300, `reloaded ${after} ms after the first replacement`);
   });
 
   it("SIGHUP reloads (the file alone does not with MILTER_POLICY_WATCH=false); an invalid or missing file is refused, the old policy stays", async () => {
