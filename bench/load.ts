@@ -60,6 +60,8 @@ export interface LoadOptions {
   readonly duration: number;
   /** Seconds of load before measuring starts (JIT, caches). */
   readonly warmup: number;
+  /** Connections opened per second at most, over all slots (0: no limit); with perConn 1, the pace of a relay. */
+  readonly rate: number;
   readonly rejectRatio: number;
   readonly domains: readonly string[];
   readonly badDomain: string;
@@ -99,6 +101,7 @@ export const DEFAULTS: LoadOptions = {
   messages: 0,
   duration: 3,
   warmup: 0.5,
+  rate: 0,
   rejectRatio: 0,
   domains: DEFAULT_DOMAINS,
   badDomain: "unlisted-tenant.example",
@@ -911,6 +914,23 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     });
   };
 
+  /** --rate: each new connection waits for its slot in the schedule. */
+  let nextOpenAt = 0;
+  /** Connections waiting for their slot: the run is not over while one waits. */
+  let waiting = 0;
+  const paced = (start: () => void) => {
+    if (opts.rate <= 0) return start();
+    const now = performance.now();
+    const at = Math.max(now, nextOpenAt);
+    nextOpenAt = at + 1000 / opts.rate;
+    if (at <= now) return start();
+    waiting++;
+    setTimeout(() => {
+      waiting--;
+      start();
+    }, at - now);
+  };
+
   const closed = (c: Conn, slot: number) => {
     if (conns[slot] !== c) return;
     if (!c.closing) {
@@ -922,12 +942,12 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     conns[slot] = undefined;
     open--;
     if (protocolErrors >= 100) stopStarting = true;
-    if (!idleMode && !stopStarting) openConn(slot);
+    if (!idleMode && !stopStarting) paced(() => openConn(slot));
     if (idleMode && idleReady + idleLost < opts.idle) {
       idleLost++;
       checkIdle();
     }
-    if (open === 0) finished();
+    if (open === 0 && waiting === 0) finished();
   };
 
   // A filter that does not answer fails the run instead of hanging it.
@@ -945,7 +965,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       if (i % 100 === 99) await Bun.sleep(20);
     }
   } else {
-    for (let i = 0; i < opts.concurrency; i++) openConn(i);
+    for (let i = 0; i < opts.concurrency; i++) paced(() => openConn(i));
   }
   await done;
 
@@ -1026,6 +1046,8 @@ const HELP = `usage: bun bench/load.ts -s SOCKET [options]
   -n, --messages N         messages to measure (default 0: for --duration seconds)
   -d, --duration SEC       seconds to measure (default 3)
   -w, --warmup SEC         seconds of load before measuring (default 0.5)
+      --rate N             open at most N connections per second (default 0: no limit); with -m 1
+                           a relay's pace, where per-connection and per-wake-up costs dominate
   -r, --reject-ratio F     share of messages from a domain without a policy (default 0)
       --domains a,b,...    From domains that have a policy (default: 4 *.example domains)
       --bad-domain D       From domain of reject-designed messages (default unlisted-tenant.example)
@@ -1064,6 +1086,7 @@ async function main(): Promise<number> {
       messages: { type: "string", short: "n" },
       duration: { type: "string", short: "d" },
       warmup: { type: "string", short: "w" },
+      rate: { type: "string" },
       "reject-ratio": { type: "string", short: "r" },
       domains: { type: "string" },
       "bad-domain": { type: "string" },
@@ -1119,6 +1142,7 @@ async function main(): Promise<number> {
     messages: num(a.messages, 0, "messages"),
     duration: num(a.duration, DEFAULTS.duration, "duration"),
     warmup: num(a.warmup, DEFAULTS.warmup, "warmup"),
+    rate: num(a.rate, DEFAULTS.rate, "rate"),
     rejectRatio: Math.min(1, num(a["reject-ratio"], 0, "reject-ratio")),
     domains,
     badDomain: a["bad-domain"] ?? DEFAULTS.badDomain,
