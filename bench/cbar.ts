@@ -22,6 +22,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { procCpuMs } from "./load.ts";
+import { serviceEnvironment } from "../tests/lib/service-unit.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const EXOTA_HEADER = "X-ExOTA-Authentication-Results";
@@ -143,6 +144,8 @@ async function main(): Promise<number> {
     const procs: Record<Key, Subprocess> = {
       // Every check on, the default info log line per decision, to a file.
       exota: spawnLogged([join(ROOT, "dist/exota-milter")], {
+        // As the shipped service unit runs it (its Environment= lines).
+        ...serviceEnvironment(),
         MILTER_SOCKET: sockets.exota,
         MILTER_POLICY_FILE: policy,
         MILTER_X509_ENABLED: "true",

@@ -32,6 +32,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { buildMessage, Chain, EXOTA, exotaEnv, OPENDKIM_AUTHSERVID, POLICY } from "../tests/e2e/chain.ts";
 import { freePort, writePolicy } from "../tests/lib/milter-process.ts";
+import { serviceEnvironment } from "../tests/lib/service-unit.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const SMTP_SOURCE = "/usr/sbin/smtp-source";
@@ -267,7 +268,16 @@ async function main(): Promise<number> {
     const policy = writePolicy(POLICY, policyDir);
     // smtp-source speaks no TLS: the loopback client is on the x509 allow-list (the default), every other check on.
     const env = (socket: string) =>
-      exotaEnv({ MILTER_POLICY_FILE: policy, MILTER_SOCKET: socket, MILTER_SOCKET_MODE: "0666", MILTER_X509_IP_WHITELIST: "127.0.0.1,::1", LOG_LEVEL: "info", ...args.env });
+      exotaEnv({
+        // As the shipped service unit runs it (its Environment= lines).
+        ...serviceEnvironment(),
+        MILTER_POLICY_FILE: policy,
+        MILTER_SOCKET: socket,
+        MILTER_SOCKET_MODE: "0666",
+        MILTER_X509_IP_WHITELIST: "127.0.0.1,::1",
+        LOG_LEVEL: "info",
+        ...args.env,
+      });
     const milters = new Map<RowKey, { child: ChildProcess }>();
     const routes: Record<string, string[]> = {};
     for (const row of args.rows) {
@@ -464,7 +474,8 @@ function buildLeanBun(dir: string): string {
 /** A lean filter (`bin -p unix:SOCK`) started on a unix socket Postfix can write to. */
 async function startLean(bin: string, sock: string): Promise<ChildProcess> {
   // libmilter and Bun make the socket with the umask: Postfix connects as user postfix.
-  const child = spawn("/bin/sh", ["-c", 'umask 000 && exec "$0" -p "$1"', bin, `unix:${sock}`], { stdio: "ignore" });
+  // The service's environment too: the Bun floor runs with the runtime settings exota-milter gets.
+  const child = spawn("/bin/sh", ["-c", 'umask 000 && exec "$0" -p "$1"', bin, `unix:${sock}`], { stdio: "ignore", env: { ...process.env, ...serviceEnvironment() } });
   const until = performance.now() + 30_000;
   while (!(await connectable({ path: sock }))) {
     if (child.exitCode !== null) throw new Error(`${bin} exited (${child.exitCode})`);

@@ -21,6 +21,7 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { decodeReply, encodeCommand, FrameReader } from "../src/milter/codec.ts";
 import { DEFAULT_DOMAINS, type LoadResult, policyJson, procMemKb, tenantId } from "./load.ts";
+import { serviceEnvironment } from "../tests/lib/service-unit.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
@@ -304,6 +305,8 @@ async function main(): Promise<number> {
     writeFileSync(policy, policyJson(DEFAULT_DOMAINS));
 
     const exotaEnv = (socket: string, policyFile = policy): Record<string, string> => ({
+      // As the shipped service unit runs it (its Environment= lines).
+      ...serviceEnvironment(),
       MILTER_SOCKET: socket,
       MILTER_POLICY_FILE: policyFile,
       // The million-domain policy is ~146 MiB; the default limit is 64.

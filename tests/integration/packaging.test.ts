@@ -13,6 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { accepted, dkimPass, message, rejected, removeScratch, scratchDir } from "../lib/fixtures.ts";
 import { MilterClient, type Target } from "../lib/milter-client.ts";
 import { BINARY, freePort, ROOT, runMilter, RUNTIME, startMilter } from "../lib/milter-process.ts";
+import { serviceEnvironment, unitValues } from "../lib/service-unit.ts";
 
 after(removeScratch);
 
@@ -56,24 +57,6 @@ function parseEnvFile(text: string): Record<string, string> {
     env[m[1]!] = m[2]!;
   }
   return env;
-}
-
-/** Values of a key in a unit section, in order. */
-function unitValues(text: string, section: string, key: string): string[] {
-  let current = "";
-  const out: string[] = [];
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
-    const s = /^\[(.+)\]$/.exec(line);
-    if (s) {
-      current = s[1]!;
-      continue;
-    }
-    const eq = line.indexOf("=");
-    if (current === section && eq > 0 && line.slice(0, eq).trim() === key) out.push(line.slice(eq + 1).trim());
-  }
-  return out;
 }
 
 /** Per test: bun's default is 5 s; an install copies the 110 MB binary and runs it. */
@@ -290,5 +273,30 @@ describe("systemd units", BUN_ONLY, () => {
       }
       assert.equal(await proc.stop(), 0);
     });
+  });
+});
+
+// mimalloc's option, and the thread that hands memory back, are Bun's: under Deno the setting does nothing.
+describe("the service's environment", { skip: RUNTIME === "deno" ? "Bun's allocator only" : undefined }, () => {
+  /** Names of the threads of a milter started with `extra` on top of a plain environment. */
+  const threadsWith = async (extra: Record<string, string>): Promise<string[]> => {
+    const proc = await startMilter({
+      env: { MILTER_POLICY_FILE: join(ROOT, "policy.example.json"), MILTER_SOCKET: `unix:${join(scratchDir(), `t${Math.random()}.sock`)}`, ...extra },
+    });
+    try {
+      const dir = `/proc/${proc.child.pid}/task`;
+      return readdirSync(dir).map((t) => readFileSync(join(dir, t, "comm"), "utf8").trim());
+    } finally {
+      await proc.stop();
+    }
+  };
+
+  it("keeps freed memory: MIMALLOC_PURGE_DELAY=-1 takes effect in the runtime this executable carries", async () => {
+    const env = serviceEnvironment();
+    assert.equal(env.MIMALLOC_PURGE_DELAY, "-1");
+    // Without it Bun's allocator runs a thread that hands freed pages back after each message;
+    // if a Bun upgrade renames the option, the thread comes back and this fails.
+    assert.ok((await threadsWith({})).includes("mi-scavenger"), "the default has the scavenger thread");
+    assert.ok(!(await threadsWith(env)).includes("mi-scavenger"), "the service's environment turns it off");
   });
 });
