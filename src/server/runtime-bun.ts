@@ -10,11 +10,17 @@ import type { ConnectionHandler, MilterSocket, Runtime, SocketEvents } from "./r
 
 type Handler = import("bun").SocketHandler<SocketEvents | undefined>;
 
-function handler(name: string, onConnection: ConnectionHandler): Handler {
+/**
+ * `tcp` as the listener says; for an inherited socket, from its first
+ * connection's peer address (a getpeername(2), once: one listening socket
+ * accepts one kind).
+ */
+function handler(name: string, onConnection: ConnectionHandler, tcp?: boolean): Handler {
   return {
     binaryType: "uint8array",
     open(s) {
-      s.data = onConnection(s as unknown as MilterSocket, name, s.remoteAddress !== undefined && s.remoteAddress !== "");
+      tcp ??= s.remoteAddress !== undefined && s.remoteAddress !== "";
+      s.data = onConnection(s as unknown as MilterSocket, name, tcp);
     },
     // binaryType "uint8array": plain views, no Buffer objects.
     data(s, chunk: Uint8Array) {
@@ -41,13 +47,13 @@ export const bunRuntime: Runtime = {
 
   listenTcp(hostname, port, ipv6Only, name, onConnection) {
     // Accepted TCP sockets get TCP_NODELAY from Bun: each reply batch goes out at once.
-    const options = { hostname, port, ipv6Only, socket: handler(name, onConnection) };
+    const options = { hostname, port, ipv6Only, socket: handler(name, onConnection, true) };
     const server = Bun.listen<SocketEvents | undefined>(options);
     return { close: () => server.stop(false) };
   },
 
   listenUnix(unix, name, onConnection) {
-    const server = Bun.listen<SocketEvents | undefined>({ unix, socket: handler(name, onConnection) });
+    const server = Bun.listen<SocketEvents | undefined>({ unix, socket: handler(name, onConnection, false) });
     return { close: () => server.stop(false) };
   },
 

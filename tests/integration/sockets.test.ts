@@ -20,6 +20,7 @@ import {
   startTcpMilter,
   TRUSTED_AUTHSERVID,
 } from "../lib/fixtures.ts";
+import { Proto } from "../../src/milter/protocol.ts";
 import { MilterClient, rawFrame, type Target } from "../lib/milter-client.ts";
 import { freePort, MILTER_COMMAND, type MilterProcess, ROOT, runMilter, sleep, startMilter } from "../lib/milter-process.ts";
 
@@ -221,6 +222,21 @@ describe("systemd socket activation (LISTEN_FDS)", () => {
 
   it("both at once", async () => {
     await Promise.all([acceptAndReject({ host: "127.0.0.1", port }), acceptAndReject({ path })]);
+  });
+
+  it("each inherited socket negotiates for its kind, on every connection: TCP has DATA sent and answered, unix skips it", async () => {
+    const agreed = async (target: Target) => {
+      const c = await MilterClient.connect(target);
+      try {
+        return (await c.negotiate()).protocol & (Proto.NODATA | Proto.NR_DATA);
+      } finally {
+        c.destroy();
+      }
+    };
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await agreed({ host: "127.0.0.1", port }), 0, "TCP: DATA sent and answered (no Nagle stall)");
+      assert.equal(await agreed({ path }), Proto.NODATA | Proto.NR_DATA, "unix: DATA skipped");
+    }
   });
 
   it("LISTEN_FDS meant for another process (LISTEN_PID differs) is ignored", async () => {
