@@ -490,7 +490,7 @@ describe("LDAP server outages", () => {
     );
     try {
       assert.deepEqual(await exchange(m, from("tenant.example")), ok("tenant.example"));
-      s.freeze();
+      await s.freeze();
       const frozen = m.proc.log().length;
       // The search times out; the backend reconnects in the background with back-off.
       assert.deepEqual(await exchange(m, from("tenant.example")), TEMPFAILED);

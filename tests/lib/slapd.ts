@@ -4,10 +4,10 @@
  * started again by its own PID only.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { freePort, ROOT, tempDir } from "./milter-process.ts";
+import { freePort, ROOT, sleep, tempDir } from "./milter-process.ts";
 
 export const BASE = "dc=example,dc=org";
 export const BIND_DN = "uid=exota-milter,ou=apps,dc=example,dc=org";
@@ -24,8 +24,11 @@ export interface Slapd {
   stop(): Promise<void>;
   /** Starts it again on the same port; does nothing while it runs. */
   start(): Promise<void>;
-  /** SIGSTOP: connections are still accepted (by the kernel), nothing is answered. */
-  freeze(): void;
+  /**
+   * SIGSTOP, resolved once every thread of slapd has stopped: from then on
+   * nothing is answered; connections are still accepted (by the kernel).
+   */
+  freeze(): Promise<void>;
   /** SIGCONT: it answers again, also what came in while frozen. */
   thaw(): void;
   /** Stops and removes everything. */
@@ -42,6 +45,37 @@ export function samplePolicyEnv(slapd: Slapd): Record<string, string> {
     MILTER_LDAP_SEARCH_BASE: `ou=domains,${BASE}`,
     MILTER_LDAP_QUERY: "(&(objectClass=exotaMilterPolicy)(associatedDomain=%d))",
   };
+}
+
+/** The state letter of each thread of `pid` (/proc/PID/task/TID/stat), e.g. "TTT". */
+function threadStates(pid: number): string {
+  let states = "";
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    // "TID (COMM) STATE ...": COMM may hold ") ", the state follows the last one.
+    states += stat.charAt(stat.lastIndexOf(") ") + 2);
+  }
+  return states;
+}
+
+/**
+ * Waits until every thread of `pid` is stopped (T). kill() returns once
+ * SIGSTOP is queued; until each thread has taken it, slapd's other threads
+ * go on answering: searches sent right after kill() returned were answered
+ * here (1 in 10 on a busy machine, threads stopped only after up to 47 ms).
+ */
+async function stopped(pid: number, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  let states;
+  while (/[^T]/.test(states = threadStates(pid))) {
+    if (Date.now() > until) throw new Error(`slapd ${pid} not stopped ${timeoutMs} ms after SIGSTOP: thread states ${states}`);
+    await sleep(1);
+  }
 }
 
 function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
@@ -124,7 +158,12 @@ export async function startSlapd(extraLdif = ""): Promise<Slapd> {
     },
     stop,
     start,
-    freeze: () => void child?.kill("SIGSTOP"),
+    async freeze() {
+      const c = child;
+      if (c?.pid === undefined || c.exitCode !== null || c.signalCode !== null) throw new Error("slapd is not running");
+      c.kill("SIGSTOP");
+      await stopped(c.pid);
+    },
     thaw: () => void child?.kill("SIGCONT"),
     async destroy() {
       await stop();
