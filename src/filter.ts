@@ -75,7 +75,7 @@ const PROTOCOL_WISHES = Proto.NORCPT | Proto.NOBODY | Proto.NOEOH | Proto.NOUNKN
 const TCP_PROTOCOL_WISHES = PROTOCOL_WISHES & ~(Proto.NODATA | Proto.NR_DATA);
 
 /** What to negotiate for a configuration; `tcp`: the MTA connected over TCP. */
-export function filterNeeds(config: FilterConfig, tcp = false): FilterNeeds {
+export function filterNeeds(config: Pick<FilterConfig, "addHeader">, tcp = false): FilterNeeds {
   return {
     actions: Action.CHGHDRS | (config.addHeader ? Action.ADDHDRS : 0),
     protocol: tcp ? TCP_PROTOCOL_WISHES : PROTOCOL_WISHES,
