@@ -275,10 +275,11 @@ async function main(): Promise<number> {
     // With the load generator's domains too, so that the direct warm-up below is accepted, as the chain's mail is.
     const policy = writePolicy({ ...POLICY, ...JSON.parse(policyJson(DEFAULT_DOMAINS)) }, policyDir);
     // smtp-source speaks no TLS: the loopback client is on the x509 allow-list (the default), every other check on.
+    // As the shipped service unit runs it (its Environment= lines); the lean filters get them too.
+    const unitEnv = serviceEnvironment();
     const env = (socket: string) =>
       exotaEnv({
-        // As the shipped service unit runs it (its Environment= lines).
-        ...serviceEnvironment(),
+        ...unitEnv,
         MILTER_POLICY_FILE: policy,
         MILTER_SOCKET: socket,
         MILTER_SOCKET_MODE: "0666",
@@ -295,7 +296,7 @@ async function main(): Promise<number> {
       else if (row === "opendkim") routes[row] = ["opendkim"];
       else if (row === "lean" || row === "bunlean") {
         const sock = join(chain.dir, `${row}.sock`);
-        const child = await startLean(row === "lean" ? buildLeanC(chain.dir) : buildLeanBun(chain.dir), sock);
+        const child = await startLean(row === "lean" ? buildLeanC(chain.dir) : buildLeanBun(chain.dir), sock, unitEnv);
         leans.push(child);
         milters.set(row, { child });
         routes[row] = ["opendkim", `unix:${sock}`];
@@ -499,11 +500,10 @@ function buildLeanBun(dir: string): string {
   return bin;
 }
 
-/** A lean filter (`bin -p unix:SOCK`) started on a unix socket Postfix can write to. */
-async function startLean(bin: string, sock: string): Promise<ChildProcess> {
+/** A lean filter (`bin -p unix:SOCK`) started on a unix socket Postfix can write to, with `env` on top of ours. */
+async function startLean(bin: string, sock: string, env: Record<string, string>): Promise<ChildProcess> {
   // libmilter and Bun make the socket with the umask: Postfix connects as user postfix.
-  // The service's environment too: the Bun floor runs with the runtime settings exota-milter gets.
-  const child = spawn("/bin/sh", ["-c", 'umask 000 && exec "$0" -p "$1"', bin, `unix:${sock}`], { stdio: "ignore", env: { ...process.env, ...serviceEnvironment() } });
+  const child = spawn("/bin/sh", ["-c", 'umask 000 && exec "$0" -p "$1"', bin, `unix:${sock}`], { stdio: "ignore", env: { ...process.env, ...env } });
   const until = performance.now() + 30_000;
   while (!(await connectable({ path: sock }))) {
     if (child.exitCode !== null) throw new Error(`${bin} exited (${child.exitCode})`);

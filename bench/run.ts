@@ -304,9 +304,10 @@ async function main(): Promise<number> {
     const policy = join(tmp, "policy.json");
     writeFileSync(policy, policyJson(DEFAULT_DOMAINS));
 
+    // As the shipped service unit runs it (its Environment= lines).
+    const unitEnv = serviceEnvironment();
     const exotaEnv = (socket: string, policyFile = policy): Record<string, string> => ({
-      // As the shipped service unit runs it (its Environment= lines).
-      ...serviceEnvironment(),
+      ...unitEnv,
       MILTER_SOCKET: socket,
       MILTER_POLICY_FILE: policyFile,
       // The million-domain policy is ~146 MiB; the default limit is 64.
